@@ -1,0 +1,123 @@
+"""``vsearch``: one entry point with a subcommand per job.
+
+    vsearch demo [--once]        generate -> train -> reindex -> evaluate -> serve -> report
+    vsearch generate|train|reindex|evaluate
+    vsearch serve                serve the published index until Ctrl-C
+    vsearch search --url URL photo.jpg
+
+Every subcommand takes ``--config FILE`` and repeatable ``--set section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from vsearch.config import Config, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set)
+
+
+def _serve(cfg: Config) -> None:
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+    from vsearch.runtime.cluster import free_port, ray_session
+
+    with ray_session(cfg.ray):
+        port = cfg.serve.port or free_port(cfg.serve.host)
+        serve.start(http_options={"host": cfg.serve.host, "port": port})
+        try:
+            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
+            print(
+                f"Serving at http://{cfg.serve.host}:{port} (POST /search, GET /healthz). Ctrl-C stops."
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            serve.shutdown()
+
+
+def _search(args: argparse.Namespace) -> int:
+    from serve.client import SearchClient
+
+    resp = SearchClient(args.url).search(Path(args.image).read_bytes(), k=args.k)
+    body = resp.json()
+    if resp.status_code != 200:
+        print(f"HTTP {resp.status_code}: {body.get('detail')}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsearch", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML config file (defaults apply when omitted)")
+    common.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", parents=[common], help="run the whole path and report")
+    demo.add_argument("--once", action="store_true", help="exit after the report")
+    sub.add_parser("generate", parents=[common], help="put the configured dataset on storage")
+    train = sub.add_parser("train", parents=[common], help="train the embedder (Ray Train)")
+    train.add_argument("--run-name", help="resume/continue this training run")
+    reindex = sub.add_parser("reindex", parents=[common], help="embed + index + publish")
+    reindex.add_argument("--model-version", help="model to index with (default: latest)")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="offline recall of the index")
+    evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained model")
+    sub.add_parser("serve", parents=[common], help="serve the published index")
+    search = sub.add_parser("search", help="query a running service with an image file")
+    search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("image", help="path of a photo")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "search":
+        return _search(args)
+    try:
+        cfg = _config(args)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"vsearch: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        from jobs import demo
+
+        demo.main(cfg, once=args.once)
+    elif args.command == "generate":
+        from jobs import generate
+
+        generate.main(cfg)
+    elif args.command == "train":
+        from jobs import train
+
+        train.main(cfg, run_name=args.run_name)
+    elif args.command == "reindex":
+        from jobs import reindex
+
+        reindex.main(cfg, model_version=args.model_version)
+    elif args.command == "evaluate":
+        from jobs import evaluate
+
+        evaluate.main(cfg, baseline=not args.no_baseline)
+    elif args.command == "serve":
+        _serve(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

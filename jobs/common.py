@@ -1,0 +1,100 @@
+"""What every job shares: the storage of a config, the dataset it reads, summaries and progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+from vsearch.config import Config
+from vsearch.storage import Storage
+from vsearch.storage.datasets import read_dataset, write_dataset
+
+
+def storage_of(cfg: Config) -> Storage:
+    return Storage(cfg.storage, cfg.storage_options)
+
+
+def dataset_prefix(cfg: Config) -> str:
+    """Where the configured dataset lives under the storage root."""
+    return f"datasets/{cfg.data.source}"
+
+
+@contextmanager
+def progress(total: int, desc: str, unit: str = "it") -> Iterator[tqdm]:
+    """A tqdm bar on stderr that also works when stderr is not a terminal (CI logs)."""
+    bar = tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=1
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _follow(bar: tqdm) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that moves ``bar``."""
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def ensure_dataset(cfg: Config) -> str:
+    """Make sure the configured dataset is on storage; return its prefix.
+
+    Synthetic: generated (deterministically) unless the same spec is already there.
+    Grocery: the GroceryStore folder's tables are written once, pointing at its images in place.
+    """
+    storage = storage_of(cfg)
+    prefix = dataset_prefix(cfg)
+    spec_name = f"{prefix}/spec.json"
+    if cfg.data.source == "synthetic":
+        spec = {"source": "synthetic", **cfg.data.synthetic.model_dump()}
+    else:
+        if not cfg.data.grocery_root:
+            raise ValueError("data.source=grocery needs data.grocery_root (the dataset folder)")
+        spec = {"source": "grocery", "root": cfg.data.grocery_root}
+    if storage.exists(spec_name) and json.loads(storage.read_text(spec_name)) == spec:
+        return prefix
+    if cfg.data.source == "synthetic":
+        from vsearch.data.synthetic import generate_synthetic
+
+        with progress(
+            cfg.data.synthetic.categories * cfg.data.synthetic.products_per_category,
+            "drawing products",
+            "product",
+        ) as bar:
+            generated = generate_synthetic(cfg.data.synthetic, lambda done, total: bar.update(1))
+        dataset, images = generated.dataset, generated.images
+    else:
+        from vsearch.data.grocery import load_grocery_store
+
+        dataset, images = load_grocery_store(cfg.data.grocery_root), {}
+    storage.delete(prefix)
+    with progress(len(images), "writing images", "img") as bar:
+        write_dataset(storage, prefix, dataset, images, _follow(bar))
+    storage.write_text(spec_name, json.dumps(spec))
+    return prefix
+
+
+def load_dataset(cfg: Config):
+    return read_dataset(storage_of(cfg), ensure_dataset(cfg))
+
+
+def print_summary(title: str, rows: Mapping[str, Any]) -> None:
+    """A two-column summary block at the end of a job."""
+    width = max((len(k) for k in rows), default=0)
+    print(f"\n== {title} ==")
+    for key, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+        print(f"  {key.ljust(width)}  {value}")
+    sys.stdout.flush()

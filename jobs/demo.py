@@ -1,0 +1,132 @@
+"""The demo: dataset -> train -> reindex -> evaluate -> serve -> query over HTTP -> report.
+
+Runs on the embedded default (synthetic catalogue, local Ray, ``./var`` storage, CPU). Keeps
+serving after the report until Ctrl-C, unless ``once``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ray import serve
+
+from jobs import evaluate, generate, reindex, train
+from jobs.common import load_dataset, progress, storage_of
+from serve.app import AppArgs, build_app
+from serve.client import SearchClient
+from vsearch.config import Config
+from vsearch.eval.metrics import latency_summary, mean_average_precision, recall_at_k
+from vsearch.eval.retrieval import canonical_ranking
+from vsearch.runtime.cluster import free_port, ray_session
+from vsearch.storage.artifacts import new_version
+
+
+def query_over_http(cfg: Config, client: SearchClient, warmup: int = 3) -> dict[str, Any]:
+    """Send every held-out query photo through ``POST /search``; score what comes back."""
+    storage = storage_of(cfg)
+    ds = load_dataset(cfg)
+    queries = ds.queries_of(cfg.data.eval_split)
+    canonical = evaluate.canonical_products(ds)
+    uris = queries["image_uri"].to_pylist()
+    truth = [canonical.get(p, p) for p in queries["product_id"].to_pylist()]
+    payloads = [storage.read_bytes(u) for u in uris]
+    for data in payloads[:warmup]:
+        client.search(data, k=10)
+    ranked, latencies, failures = [], [], 0
+    with progress(len(payloads), "querying over HTTP", "query") as bar:
+        for data in payloads:
+            began = time.perf_counter()
+            resp = client.search(data, k=10)
+            latencies.append(time.perf_counter() - began)
+            bar.update(1)
+            if resp.status_code != 200:
+                failures += 1
+                ranked.append([])
+                continue
+            products = [r["product_id"] for r in resp.json()["results"]]
+            ranked.append(canonical_ranking(products, canonical, 10))
+    bad = client.search(b"this is not an image", k=10)
+    return {
+        "queries": len(payloads),
+        "failed_requests": failures,
+        "recall_at_1": recall_at_k(ranked, truth, 1),
+        "recall_at_10": recall_at_k(ranked, truth, 10),
+        "map_at_10": mean_average_precision(ranked, [{t} for t in truth], 10),
+        "latency": latency_summary(latencies),
+        "non_image_upload": {"status": bad.status_code, "detail": bad.json().get("detail")},
+    }
+
+
+def main(cfg: Config, once: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    with ray_session(cfg.ray):
+        generate.main(cfg)
+        model_version = train.main(cfg)
+        manifest = reindex.main(cfg, model_version)
+        offline = evaluate.main(cfg, baseline=True)
+        port = cfg.serve.port or free_port(cfg.serve.host)
+        serve.start(http_options={"host": cfg.serve.host, "port": port})
+        try:
+            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
+            url = f"http://{cfg.serve.host}:{port}"
+            client = SearchClient(url)
+            client.wait_ready()
+            http = query_over_http(cfg, client)
+            report = {
+                "model_version": model_version,
+                "index_version": manifest.version,
+                "offline": {name: r.as_dict() for name, r in offline.items()},
+                "http": http,
+                "wall_time_s": round(time.perf_counter() - started, 1),
+            }
+            _print_report(report)
+            storage_of(cfg).write_text(
+                f"reports/{new_version('demo-')}.json", json.dumps(report, indent=2)
+            )
+            if not once:
+                print(
+                    f"\nServing at {url}  (POST /search with an image; GET /healthz). Ctrl-C stops."
+                )
+                print(f"  try: vsearch search --url {url} path/to/photo.jpg")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    print("stopping")
+            return report
+        finally:
+            serve.shutdown()
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    trained, untrained = report["offline"]["trained"], report["offline"]["untrained"]
+    http, lat = report["http"], report["http"]["latency"]
+    print("\n== vsearch demo report ==")
+    print(f"  model {report['model_version']}, index {report['index_version']}")
+    print(
+        f"  {int(trained['queries'])} held-out real-shot queries against "
+        f"{int(trained['catalog_images'])} catalogue images\n"
+    )
+    print(f"  {'offline (in-process)':38s} {'untrained':>10s} {'trained':>10s}")
+    for key, label in (
+        ("recall_at_1", "Recall@1, binary index + rescore"),
+        ("recall_at_10", "Recall@10, binary index + rescore"),
+        ("map_at_10", "mAP@10, binary index + rescore"),
+        ("exact_recall_at_1", "Recall@1, exact float search"),
+        ("exact_recall_at_10", "Recall@10, exact float search"),
+        ("ann_recall_at_10", "binary index recall@10 vs exact"),
+    ):
+        print(f"  {label:38s} {untrained[key]:10.3f} {trained[key]:10.3f}")
+    print(
+        f"\n  served over HTTP (trained model), {http['queries']} queries, "
+        f"{http['failed_requests']} failed"
+    )
+    print(f"  {'Recall@1':38s} {http['recall_at_1']:10.3f}")
+    print(f"  {'Recall@10':38s} {http['recall_at_10']:10.3f}")
+    print(f"  {'mAP@10':38s} {http['map_at_10']:10.3f}")
+    print(f"  {'latency p50 / p99 (ms)':38s} {lat['p50_ms']:10.1f} {lat['p99_ms']:10.1f}")
+    bad = http["non_image_upload"]
+    print(f"  {'non-image upload':38s} HTTP {bad['status']}: {bad['detail']}")
+    print(f"\n  total wall time {report['wall_time_s']:.0f}s")

@@ -1,0 +1,176 @@
+"""The configuration tree: one root ``Config`` of pydantic models, loaded from YAML.
+
+Every model forbids unknown keys so a typo in a YAML file is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SyntheticConfig(_Strict):
+    """Size and seed of the procedurally drawn catalogue (the embedded default dataset)."""
+
+    seed: int = 0
+    categories: int = Field(6, ge=1, le=64)
+    products_per_category: int = Field(10, ge=2)
+    #: Real-shot views drawn per product; the last ``test_views_per_product`` are held out.
+    views_per_product: int = Field(6, ge=2)
+    test_views_per_product: int = Field(2, ge=1)
+    #: Side of the square catalogue and view images, in pixels.
+    image_size: int = Field(128, ge=32, le=1024)
+    #: Products shown per simulated search session in the click log.
+    shown_per_click: int = Field(8, ge=2)
+    #: Probability that the simulated shopper clicks the true product (else a similar one).
+    click_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    #: Re-uploaded duplicate listings added to the catalogue, with ground truth.
+    duplicates: int = Field(6, ge=0)
+
+    @model_validator(mode="after")
+    def _views_split(self) -> SyntheticConfig:
+        if self.test_views_per_product >= self.views_per_product:
+            raise ValueError("test_views_per_product must be smaller than views_per_product")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the catalogue comes from."""
+
+    source: Literal["synthetic", "grocery"] = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    #: Root of a GroceryStoreDataset-layout folder (used when ``source == "grocery"``).
+    grocery_root: str | None = None
+    #: Split of the real-shot photos used as held-out queries ("test" for synthetic, "val" for grocery).
+    eval_split: str = "test"
+
+
+class ModelConfig(_Strict):
+    """The embedder network."""
+
+    #: Registered architecture name (see ``vsearch.models.registry``).
+    arch: str = "cnn_small"
+    embed_dim: int = Field(128, ge=8)
+    #: Side of the square network input, in pixels.
+    input_size: int = Field(64, ge=16)
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    """Triplet training on Ray Train."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    epochs: int = Field(12, ge=1)
+    #: Products per batch (P) and images per product (K) for batch-hard mining.
+    products_per_batch: int = Field(16, ge=2)
+    images_per_product: int = Field(4, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    margin: float = Field(0.2, gt=0)
+    #: Weight of the click-log triplet loss beside the label (batch-hard) loss; 0 disables it.
+    click_weight: float = Field(0.5, ge=0)
+    #: Stop after this many seconds of training even if epochs remain (0: no limit).
+    time_budget_s: float = Field(0, ge=0)
+    seed: int = 0
+
+
+class IndexConfig(_Strict):
+    """Binary sharded index built by the reindex job."""
+
+    #: Hash buckets per category; each (category, bucket) pair is one shard.
+    buckets_per_category: int = Field(1, ge=1)
+    #: Candidates kept from the Hamming shortlist per shard before float rescoring.
+    shortlist: int = Field(100, ge=1)
+    #: Ray Data actors embedding the catalogue, and the batch each gets.
+    embed_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0, le=0.5)
+    batch_size: int = Field(64, ge=1)
+    #: Largest decoded image accepted, in pixels (decompression-bomb guard).
+    max_pixels: int = Field(40_000_000, ge=1)
+
+
+class ServeConfig(_Strict):
+    """The online search service."""
+
+    host: str = "127.0.0.1"
+    #: HTTP port; 0 picks a free one.
+    port: int = Field(0, ge=0, le=65535)
+    #: Shard searcher deployments; shards are spread over them.
+    searchers: int = Field(2, ge=1)
+    top_k: int = Field(10, ge=1, le=1000)
+    max_upload_bytes: int = Field(10_000_000, ge=1)
+    #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class RayConfig(_Strict):
+    """How the driver joins Ray. ``address="local"`` starts a private local cluster."""
+
+    address: str = "local"
+    num_cpus: int = Field(2, ge=1)
+    object_store_memory: int | None = None
+
+
+class Config(_Strict):
+    """Root configuration of every job, the service and the demo."""
+
+    #: Root URL of all artefacts (datasets, models, indexes, checkpoints): file://, memory:// or s3://.
+    storage: str = "var"
+    #: Extra options passed to the fsspec filesystem (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
+    storage_options: dict[str, Any] = {}
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    index: IndexConfig = IndexConfig()
+    serve: ServeConfig = ServeConfig()
+    ray: RayConfig = RayConfig()
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_storage(cls, value: str) -> str:
+        # A relative path means "relative to where the config was loaded": fix it now, since Ray
+        # workers run in other working directories.
+        if "://" in value:
+            return value.rstrip("/") or value
+        return "file://" + os.path.abspath(value)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a ``Config`` from a YAML file (or defaults when ``path`` is None) and apply overrides.
+
+    ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML scalars, so
+    ``train.epochs=3`` gives an int and ``data.source=grocery`` a string.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level of a config must be a mapping")
+        tree = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return Config.model_validate(tree)

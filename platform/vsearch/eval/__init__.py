@@ -1,0 +1,1 @@
+"""Evaluation: retrieval quality metrics (Recall@K, mAP, ANN recall), exact search, latency."""

@@ -1,0 +1,102 @@
+"""Offline retrieval evaluation: query photos against the catalogue, through the binary sharded
+index and through exact float search (the reference), at product level.
+
+Duplicate listings are folded into the product they duplicate before scoring, so finding a
+re-upload of the right product counts as finding the product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from vsearch.eval.metrics import ann_recall, exact_topk, mean_average_precision, recall_at_k
+from vsearch.index.builder import build_shards
+from vsearch.index.searcher import ShardedIndex
+
+
+@dataclass
+class RetrievalReport:
+    """Product-level Recall@1/@10 and mAP@10 through the binary index and by exact search, and
+    the image-level recall@10 of the binary index against exact search."""
+
+    queries: int
+    catalog_images: int
+    recall_at_1: float
+    recall_at_10: float
+    map_at_10: float
+    exact_recall_at_1: float
+    exact_recall_at_10: float
+    ann_recall_at_10: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def canonical_ranking(
+    ranked: Sequence[str], canonical: Mapping[str, str], k: int | None = None
+) -> list[str]:
+    """Map each id to its canonical product (duplicates -> original), keep first occurrences."""
+    seen: dict[str, None] = {}
+    for pid in ranked:
+        seen.setdefault(canonical.get(pid, pid), None)
+    out = list(seen)
+    return out if k is None else out[:k]
+
+
+def _products_by_score(image_rows: np.ndarray, product_of_row: Sequence[str]) -> list[str]:
+    ranked: dict[str, None] = {}
+    for row in image_rows:
+        if row >= 0:
+            ranked.setdefault(product_of_row[row], None)
+    return list(ranked)
+
+
+def evaluate_retrieval(
+    query_vectors: np.ndarray,
+    query_products: Sequence[str],
+    catalog_vectors: np.ndarray,
+    catalog_meta: pa.Table,
+    canonical: Mapping[str, str] | None = None,
+    shortlist: int = 100,
+    buckets_per_category: int = 1,
+) -> RetrievalReport:
+    """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
+
+    ``catalog_meta`` has the index metadata columns (image_id, product_id, category, title,
+    quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
+    """
+    canonical = dict(canonical or {})
+    k_images = 10 * 4  # enough images to fill 10 distinct products in practice
+    product_of_row = catalog_meta["product_id"].to_pylist()
+    row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
+    index = ShardedIndex.from_built(
+        build_shards(catalog_vectors, catalog_meta, buckets_per_category)
+    )
+    hits = index.search(query_vectors, k_images, shortlist)
+    approx_rows = np.full((len(hits), k_images), -1, dtype=np.int64)
+    for i, row_hits in enumerate(hits):
+        for j, hit in enumerate(row_hits):
+            approx_rows[i, j] = row_of_image[hit.image_id]
+    _, exact_rows = exact_topk(query_vectors, catalog_vectors, k_images)
+    truth = [canonical.get(p, p) for p in query_products]
+    approx_ranked = [
+        canonical_ranking(_products_by_score(r, product_of_row), canonical, 10) for r in approx_rows
+    ]
+    exact_ranked = [
+        canonical_ranking(_products_by_score(r, product_of_row), canonical, 10) for r in exact_rows
+    ]
+    k_ann = min(10, len(product_of_row))
+    return RetrievalReport(
+        queries=len(truth),
+        catalog_images=len(product_of_row),
+        recall_at_1=recall_at_k(approx_ranked, truth, 1),
+        recall_at_10=recall_at_k(approx_ranked, truth, 10),
+        map_at_10=mean_average_precision(approx_ranked, [{t} for t in truth], 10),
+        exact_recall_at_1=recall_at_k(exact_ranked, truth, 1),
+        exact_recall_at_10=recall_at_k(exact_ranked, truth, 10),
+        ann_recall_at_10=ann_recall(approx_rows[:, :k_ann], exact_rows[:, :k_ann], k_ann),
+    )

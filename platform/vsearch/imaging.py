@@ -1,0 +1,151 @@
+"""Safe image decoding and plain-torch transforms (no torchvision).
+
+``decode_image`` is the one door untrusted bytes go through: a format allow-list, a pixel limit
+checked before the pixels are decoded, and errors that say what was wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+#: Formats accepted from catalogues and uploads.
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+
+# Per-channel statistics the networks normalise with (ImageNet's, a neutral choice).
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not an acceptable image. ``reason`` is a short machine-friendly code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_image(
+    data: bytes, max_pixels: int = 40_000_000, max_side: int | None = None
+) -> np.ndarray:
+    """Decode image bytes to an ``(H, W, 3) uint8`` RGB array.
+
+    ``max_side`` shrinks larger images (aspect kept) while decoding, e.g. uploads bound for a
+    64 px network need not travel at 12 megapixels.
+
+    Raises ``ImageDecodeError`` with reason ``empty``, ``not_an_image``, ``format_not_allowed``,
+    ``too_large`` or ``corrupt``.
+    """
+    if not data:
+        raise ImageDecodeError("empty", "no bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageDecodeError(
+                    "format_not_allowed", f"{fmt} is not one of {sorted(ALLOWED_FORMATS)}"
+                )
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    "too_large", f"{width}x{height} exceeds the limit of {max_pixels} pixels"
+                )
+            if max_side is not None and max(width, height) > max_side:
+                img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
+            img.load()
+            rgb = img.convert("RGB")
+            if max_side is not None and max(rgb.size) > max_side:
+                rgb.thumbnail((max_side, max_side))
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not_an_image", "the bytes are not a recognised image") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_large", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from exc
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
+        raise ImageDecodeError("corrupt", f"unexpected decoded shape {array.shape}")
+    return array
+
+
+def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """Resize each ``(H, W, 3) uint8`` image to ``size``x``size`` and normalise.
+
+    Returns ``(n, 3, size, size) float32``. Images of different sizes are resized one by one
+    (antialiased bilinear), then stacked.
+    """
+    if not images:
+        return torch.empty(0, 3, size, size)
+    out = []
+    for img in images:
+        t = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).unsqueeze(0).float() / 255
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True)
+        out.append(t)
+    batch = torch.cat(out).clamp_(0, 1)
+    return (batch - _MEAN) / _STD
+
+
+class RandomAugment:
+    """Training augmentation on a normalised ``(n, 3, s, s)`` batch, in plain torch.
+
+    Random resized crop (area ``scale``, aspect 3/4..4/3) with rotation, horizontal flip and a
+    brightness/contrast jitter. Seeded through the ``generator`` passed to ``__call__``.
+    """
+
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.5, 1.0),
+        max_rotation_deg: float = 20.0,
+        jitter: float = 0.3,
+        flip: bool = True,
+    ) -> None:
+        self.scale = scale
+        self.max_rotation = math.radians(max_rotation_deg)
+        self.jitter = jitter
+        self.flip = flip
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+        area = uniform(*self.scale)
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
+        ratio = torch.exp(log_ratio)
+        sx = torch.sqrt(area * ratio).clamp(max=1.0)
+        sy = torch.sqrt(area / ratio).clamp(max=1.0)
+        tx = (1 - sx) * uniform(-1, 1)
+        ty = (1 - sy) * uniform(-1, 1)
+        angle = uniform(-self.max_rotation, self.max_rotation)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        if not self.flip:
+            flip = torch.ones(n)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = cos * sx * flip
+        theta[:, 0, 1] = -sin * sy
+        theta[:, 1, 0] = sin * sx * flip
+        theta[:, 1, 1] = cos * sy
+        theta[:, 0, 2] = tx
+        theta[:, 1, 2] = ty
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        # Fill outside the source with the normalised value of white (catalogue backgrounds).
+        white = ((1 - _MEAN) / _STD).to(x.dtype)
+        out = F.grid_sample(x - white, grid, "bilinear", "zeros", align_corners=False) + white
+        brightness = uniform(-self.jitter, self.jitter).view(n, 1, 1, 1)
+        contrast = (1 + uniform(-self.jitter, self.jitter)).view(n, 1, 1, 1)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        return (out - mean) * contrast + mean + brightness

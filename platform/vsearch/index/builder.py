@@ -1,0 +1,112 @@
+"""Split embedded catalogue rows into shards by (category, bucket) and build each shard.
+
+A category's rows are spread over ``buckets_per_category`` buckets by a stable hash of the image
+id (CRC-32, identical in every process and Python version), so that rebuilding an index puts an
+image in the same shard and shards of a large category can be searched in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from vsearch.index.manifest import ShardEntry, sha256_hex
+from vsearch.index.shard import ShardIndex
+
+_SLUG_CHARS = re.compile(r"[^a-z0-9]+")
+_SLUG_MAX = 40
+
+
+def shard_name(category: str, bucket: int) -> str:
+    """Filesystem-safe, stable shard name, unique per ``(category, bucket)``.
+
+    ``"<slug>-<10 hex of sha1(category)>-b<bucket>"``, e.g. ``"drinks-soda-1a2b3c4d5e-b003"``; the
+    slug is for people, the hash keeps categories that slug alike apart. Only ``[a-z0-9-]``.
+    """
+    if bucket < 0:
+        raise ValueError(f"bucket must be >= 0, got {bucket}")
+    slug = _SLUG_CHARS.sub("-", category.lower()).strip("-")[:_SLUG_MAX].strip("-") or "root"
+    digest = hashlib.sha1(category.encode("utf-8")).hexdigest()[:10]
+    return f"{slug}-{digest}-b{bucket:03d}"
+
+
+def bucket_of(image_id: str, buckets: int) -> int:
+    """Bucket in ``[0, buckets)`` of an image: ``zlib.crc32(utf-8 bytes) % buckets``."""
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    return zlib.crc32(image_id.encode("utf-8")) % buckets
+
+
+@dataclass(frozen=True)
+class BuiltShard:
+    """A freshly built shard and the (category, bucket) it holds."""
+
+    category: str
+    bucket: int
+    index: ShardIndex
+
+    @property
+    def name(self) -> str:
+        """The shard's name, :func:`shard_name` of its category and bucket."""
+        return self.index.name
+
+    def package(self) -> tuple[ShardEntry, dict[str, bytes]]:
+        """Serialise the shard: its manifest entry (with checksums) and its files' bytes."""
+        files = self.index.to_bytes()
+        entry = ShardEntry(
+            name=self.name,
+            category=self.category,
+            bucket=self.bucket,
+            count=len(self.index),
+            files={fname: sha256_hex(data) for fname, data in files.items()},
+        )
+        return entry, files
+
+
+def build_shards(
+    vectors: np.ndarray, meta: pa.Table, buckets_per_category: int
+) -> list[BuiltShard]:
+    """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group.
+
+    ``vectors``: (n, d) float (normalised by :meth:`ShardIndex.build`); ``meta``: n rows with at
+    least image_id, product_id, category, title, quality, popularity. Empty buckets get no shard.
+    Returns shards sorted by (category, bucket); rows keep their input order within a shard.
+    """
+    if buckets_per_category < 1:
+        raise ValueError(f"buckets_per_category must be >= 1, got {buckets_per_category}")
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != meta.num_rows:
+        raise ValueError(
+            f"vectors {vectors.shape} and meta ({meta.num_rows} rows) must have equal row counts"
+        )
+    for col in ("image_id", "category"):
+        if col not in meta.column_names:
+            raise ValueError(f"meta is missing column {col!r}")
+        if meta.column(col).null_count:
+            raise ValueError(f"meta column {col!r} has nulls")
+    categories = np.asarray(meta.column("category").to_pylist(), dtype=object)
+    buckets = np.fromiter(
+        (bucket_of(i, buckets_per_category) for i in meta.column("image_id").to_pylist()),
+        dtype=np.int64,
+        count=meta.num_rows,
+    )
+    cat_names, cat_codes = np.unique(categories.astype(str), return_inverse=True)
+    key = cat_codes.astype(np.int64) * buckets_per_category + buckets
+    order = np.argsort(key, kind="stable")
+    uniq, starts = np.unique(key[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    shards: list[BuiltShard] = []
+    for k, lo, hi in zip(uniq, starts, ends, strict=True):
+        rows = order[lo:hi]
+        category = str(cat_names[k // buckets_per_category])
+        bucket = int(k % buckets_per_category)
+        index = ShardIndex.build(
+            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows))
+        )
+        shards.append(BuiltShard(category=category, bucket=bucket, index=index))
+    return shards

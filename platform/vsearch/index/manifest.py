@@ -1,0 +1,105 @@
+"""The index manifest: which shards make up an index version, and their files' checksums.
+
+The storage layer writes each shard's files and this manifest as JSON next to them; on load it
+reads the manifest, fetches each shard's files and calls :func:`verify` before deserialising.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data`` (64 characters)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ShardEntry(BaseModel):
+    """One shard: its name, the (category, bucket) it holds, its row count, and
+    ``files``: file name -> SHA-256 hex of that file's bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    category: str
+    bucket: int = Field(ge=0)
+    count: int = Field(ge=0)
+    files: dict[str, str]
+
+    @field_validator("files")
+    @classmethod
+    def _check_digests(cls, files: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name, digest in files.items() if not _SHA256_HEX.match(digest))
+        if bad:
+            raise ValueError(f"files {bad} do not have lower-case sha256 hex digests")
+        return files
+
+
+class Manifest(BaseModel):
+    """An index version: embedding ``dim``, the model that produced it, its shards and stats.
+
+    ``created_at`` is an ISO-8601 timestamp string; ``stats`` holds free-form numbers
+    (e.g. ``{"rows": 123, "build_seconds": 4.5}``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1)
+    model_version: str
+    created_at: str
+    dim: int = Field(gt=0)
+    shards: list[ShardEntry]
+    stats: dict[str, int | float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_shard_names(self) -> Manifest:
+        names = [s.name for s in self.shards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate shard names {dupes}")
+        return self
+
+    @property
+    def categories(self) -> list[str]:
+        """Sorted distinct categories of the shards."""
+        return sorted({s.category for s in self.shards})
+
+    @property
+    def total_count(self) -> int:
+        """Rows over all shards."""
+        return sum(s.count for s in self.shards)
+
+    def shards_for(self, category: str) -> list[ShardEntry]:
+        """The shards holding ``category`` (empty when none)."""
+        return [s for s in self.shards if s.category == category]
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (indented, stable key order)."""
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate a manifest; pydantic ``ValidationError`` (a ``ValueError``) if bad."""
+        return cls.model_validate_json(text)
+
+
+def verify(entry: ShardEntry, files: dict[str, bytes]) -> None:
+    """Check ``files`` against ``entry``'s checksums.
+
+    Raises ``ValueError`` naming the shard and the first file (in name order) that is missing or
+    whose SHA-256 differs. Files not listed in ``entry`` are ignored.
+    """
+    for fname in sorted(entry.files):
+        if fname not in files:
+            raise ValueError(f"shard {entry.name!r}: file {fname!r} is missing")
+        actual = sha256_hex(files[fname])
+        if actual != entry.files[fname]:
+            raise ValueError(
+                f"shard {entry.name!r}: checksum mismatch for file {fname!r} "
+                f"(expected {entry.files[fname]}, got {actual})"
+            )

@@ -1,0 +1,83 @@
+"""Batch composition and triplet mining: P x K label batches and click-log triplets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+
+class PKBatchSampler:
+    """Batches of ``p`` labels x ``k`` items each, the shape batch-hard mining needs.
+
+    Every epoch shuffles the labels, cuts them into groups of ``p`` and draws ``k`` items per label
+    (with replacement when a label has fewer). Batches are dealt to ``world_size`` ranks round-robin
+    and every rank gets the same number, so data-parallel steps stay in lockstep.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        p: int,
+        k: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        self.by_label: list[np.ndarray] = [
+            np.flatnonzero(labels == lab) for lab in np.unique(labels)
+        ]
+        if len(self.by_label) < 2:
+            raise ValueError("PK batches need at least two distinct labels")
+        self.p = min(p, len(self.by_label))
+        self.k = k
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+
+    def batches_per_rank(self) -> int:
+        total = len(self.by_label) // self.p
+        return max(1, total // self.world_size)
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        """The ``(p * k,) int64`` item-index batches of this rank for ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.by_label))
+        n_batches = self.batches_per_rank() * self.world_size
+        for b in range(n_batches):
+            # Wrap around when there are fewer labels than batches x p (tiny datasets, many ranks).
+            groups = [order[(b * self.p + j) % len(order)] for j in range(self.p)]
+            picks = [
+                rng.choice(self.by_label[g], size=self.k, replace=len(self.by_label[g]) < self.k)
+                for g in groups
+            ]
+            if b % self.world_size == self.rank:
+                yield np.concatenate(picks).astype(np.int64)
+
+
+def mine_click_triplets(
+    query_rows: Mapping[str, int],
+    catalog_rows: Mapping[str, int],
+    sessions: Sequence[tuple[str, Sequence[str], str]],
+) -> np.ndarray:
+    """Triplets from search sessions (Alibaba's click mining).
+
+    ``sessions`` are ``(query_image_uri, shown_product_ids, clicked_product_id)``; ``query_rows``
+    maps a query image URI and ``catalog_rows`` a product id to a row of the training images.
+    Each shown-but-not-clicked product gives one triplet (query, clicked product's image, shown
+    product's image). Sessions whose query or clicked product has no row are skipped.
+    Returns ``(t, 3) int64``.
+    """
+    triplets: list[tuple[int, int, int]] = []
+    for uri, shown, clicked in sessions:
+        anchor = query_rows.get(uri)
+        positive = catalog_rows.get(clicked)
+        if anchor is None or positive is None:
+            continue
+        for other in shown:
+            negative = catalog_rows.get(other)
+            if other != clicked and negative is not None:
+                triplets.append((anchor, positive, negative))
+    return np.asarray(triplets, dtype=np.int64).reshape(-1, 3)

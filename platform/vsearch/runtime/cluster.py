@@ -1,0 +1,55 @@
+"""Starting and stopping Ray for a job: a private local cluster by default, never a stray join."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from vsearch.config import RayConfig
+
+#: Environment every Ray worker gets: one thread per library, no usage reporting.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Run the body inside Ray; start it (and shut it down after) unless already initialised.
+
+    ``address="local"`` always starts a new private cluster with ``num_cpus`` CPUs; any other
+    address joins that cluster.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict = {
+        "address": cfg.address,
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+    }
+    if cfg.address == "local":
+        kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory:
+            kwargs["object_store_memory"] = cfg.object_store_memory
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()

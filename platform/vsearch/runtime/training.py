@@ -1,0 +1,144 @@
+"""Ray Train: the per-worker loop around ``TripletTrainer`` and the ``fit`` that launches it.
+
+Checkpoints go to ``<storage>/checkpoints/<run name>``; a run started again under the same name
+resumes from its last checkpoint (Ray Train's ``RunConfig(name, storage_path)``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, prepare_model
+
+from vsearch.config import Config
+from vsearch.models.artifact import ModelArtifact, initial_artifact
+from vsearch.storage.datasets import read_dataset
+from vsearch.storage.fs import Storage
+from vsearch.storage.images import read_images
+from vsearch.training import TrainingSet, TripletTrainer
+
+_CKPT_FILE = "state.pt"
+
+
+def load_training_set(cfg: Config, dataset_prefix: str) -> TrainingSet:
+    """Read the dataset and decode the catalogue and the training-split photos."""
+    storage = Storage(cfg.storage, cfg.storage_options)
+    ds = read_dataset(storage, dataset_prefix)
+    train_queries = ds.queries_of("train")
+    uris = ds.catalog["image_uri"].to_pylist() + train_queries["image_uri"].to_pylist()
+    # Photos are shrunk while decoding: training sees them at input_size anyway.
+    images, _ = read_images(storage, uris, cfg.index.max_pixels, max_side=4 * cfg.model.input_size)
+    decoded = dict(zip(uris, images, strict=True))
+    return TrainingSet.from_tables(
+        ds.catalog, train_queries, ds.clicks, decoded, cfg.model.input_size
+    )
+
+
+def _stop_everywhere(stop: bool) -> bool:
+    """True on every rank if any rank wants to stop (keeps data-parallel ranks in lockstep)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Body of each Ray Train worker: build, resume, train epochs, report with checkpoints."""
+    torch.set_num_threads(1)
+    cfg = Config.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = load_training_set(cfg, loop_config["dataset_prefix"])
+    model = initial_artifact(cfg.model).build()
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(os.path.join(ckpt_dir, _CKPT_FILE), weights_only=True)
+        model.load_state_dict(state["model"])
+        start_epoch = int(state["epoch"]) + 1
+    model = prepare_model(model)
+    trainer = TripletTrainer(model, cfg.train, data, rank=rank, world_size=world)
+    if checkpoint is not None:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    began = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        stats = trainer.train_epoch(epoch)
+        elapsed = time.perf_counter() - began
+        metrics = {
+            **stats.as_dict(),
+            "elapsed_s": elapsed,
+            "train_images": len(data),
+            "click_triplets": len(data.click_triplets),
+            "skipped_images": len(data.skipped),
+        }
+        budget = cfg.train.time_budget_s
+        stop = _stop_everywhere(bool(budget) and elapsed >= budget)
+        if rank == 0:
+            print(
+                f"[train] epoch {epoch + 1}/{cfg.train.epochs} loss={stats.loss:.4f} "
+                f"label={stats.label_loss:.4f} click={stats.click_loss:.4f} "
+                f"active={stats.active_fraction:.2f} {stats.images_per_s:.0f} img/s/worker "
+                f"elapsed={elapsed:.0f}s",
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                bare = model.module if hasattr(model, "module") else model
+                torch.save(
+                    {
+                        "model": bare.state_dict(),
+                        "optimizer": trainer.optimizer.state_dict(),
+                        "epoch": epoch,
+                    },
+                    os.path.join(tmp, _CKPT_FILE),
+                )
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        if stop:
+            break
+
+
+def fit(cfg: Config, dataset_prefix: str, run_name: str) -> tuple[ModelArtifact, dict[str, Any]]:
+    """Train with ``cfg.train.num_workers`` Ray Train workers; return the artifact and metrics."""
+    storage = Storage(cfg.storage, cfg.storage_options)
+    fs, root = storage.pyarrow_filesystem()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(), "dataset_prefix": dataset_prefix},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=f"{root}/checkpoints",
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state = torch.load(os.path.join(ckpt_dir, _CKPT_FILE), weights_only=True)
+    metrics = dict(result.metrics or {})
+    info = {
+        "run_name": run_name,
+        "epochs_done": int(state["epoch"]) + 1,
+        "final_loss": metrics.get("loss"),
+        "train_images": metrics.get("train_images"),
+        "click_triplets": metrics.get("click_triplets"),
+        "skipped_images": metrics.get("skipped_images"),
+        "train_seconds": metrics.get("elapsed_s"),
+    }
+    return ModelArtifact(config=cfg.model, state_dict=state["model"], info=info), metrics

@@ -1,0 +1,121 @@
+"""Versioned artifacts on storage: model artifacts and index versions, published atomically.
+
+A version is written completely under its own folder first; only then does a one-line pointer
+(``models/LATEST``, ``indexes/CURRENT``) move to it. A job that fails half-way leaves the pointer,
+and so what is served, where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from datetime import UTC, datetime
+
+from vsearch.index.builder import BuiltShard
+from vsearch.index.manifest import Manifest, verify
+from vsearch.index.shard import ShardIndex
+from vsearch.models.artifact import ModelArtifact
+from vsearch.storage.fs import Storage
+
+
+def new_version(prefix: str) -> str:
+    """A sortable, unique-enough version name such as ``m20261121T103000123Z``."""
+    return prefix + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3] + "Z"
+
+
+class ModelStore:
+    """``models/<version>/model.pt`` + ``info.json``; ``models/LATEST`` names the newest."""
+
+    def __init__(self, storage: Storage, prefix: str = "models") -> None:
+        self.storage = storage
+        self.prefix = prefix
+
+    def save(self, artifact: ModelArtifact, version: str | None = None) -> str:
+        """Write ``artifact`` as a new version, move ``LATEST`` to it, return the version."""
+        version = version or new_version("m")
+        base = posixpath.join(self.prefix, version)
+        self.storage.write_bytes(posixpath.join(base, "model.pt"), artifact.to_bytes())
+        info = {"version": version, "config": artifact.config.model_dump(), **artifact.info}
+        self.storage.write_text(posixpath.join(base, "info.json"), json.dumps(info, indent=2))
+        self.storage.write_text(posixpath.join(self.prefix, "LATEST"), version)
+        return version
+
+    def latest(self) -> str:
+        pointer = posixpath.join(self.prefix, "LATEST")
+        if not self.storage.exists(pointer):
+            raise FileNotFoundError(
+                f"no model at {self.storage.url(self.prefix)}: run `vsearch train` first"
+            )
+        return self.storage.read_text(pointer).strip()
+
+    def load(self, version: str | None = None) -> tuple[str, ModelArtifact]:
+        """The artifact of ``version`` (``LATEST`` when None) and its version name."""
+        version = version or self.latest()
+        data = self.storage.read_bytes(posixpath.join(self.prefix, version, "model.pt"))
+        return version, ModelArtifact.from_bytes(data)
+
+
+class IndexStore:
+    """``indexes/<version>/manifest.json`` + ``shards/<name>/<file>``; ``indexes/CURRENT`` serves."""
+
+    def __init__(self, storage: Storage, prefix: str = "indexes") -> None:
+        self.storage = storage
+        self.prefix = prefix
+
+    def write_version(
+        self,
+        version: str,
+        built: list[BuiltShard],
+        model_version: str,
+        dim: int,
+        stats: dict[str, int | float],
+    ) -> Manifest:
+        """Write every shard's files under ``version`` and return its manifest, not yet published."""
+        entries = []
+        for shard in built:
+            entry, files = shard.package()
+            for fname, data in files.items():
+                self.storage.write_bytes(
+                    posixpath.join(self.prefix, version, "shards", entry.name, fname), data
+                )
+            entries.append(entry)
+        return Manifest(
+            version=version,
+            model_version=model_version,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            dim=dim,
+            shards=entries,
+            stats=stats,
+        )
+
+    def publish(self, manifest: Manifest) -> None:
+        """Write the manifest, then point ``CURRENT`` at it: the version is live from here on."""
+        base = posixpath.join(self.prefix, manifest.version)
+        self.storage.write_text(posixpath.join(base, "manifest.json"), manifest.to_json())
+        self.storage.write_text(posixpath.join(self.prefix, "CURRENT"), manifest.version)
+
+    def current(self) -> str:
+        pointer = posixpath.join(self.prefix, "CURRENT")
+        if not self.storage.exists(pointer):
+            raise FileNotFoundError(
+                f"no published index at {self.storage.url(self.prefix)}: run `vsearch reindex` first"
+            )
+        return self.storage.read_text(pointer).strip()
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        version = version or self.current()
+        text = self.storage.read_text(posixpath.join(self.prefix, version, "manifest.json"))
+        return Manifest.from_json(text)
+
+    def load_shards(self, manifest: Manifest, names: list[str] | None = None) -> list[ShardIndex]:
+        """Read and checksum-verify the shards ``names`` (all when None) of ``manifest``."""
+        wanted = set(names) if names is not None else None
+        shards = []
+        for entry in manifest.shards:
+            if wanted is not None and entry.name not in wanted:
+                continue
+            base = posixpath.join(self.prefix, manifest.version, "shards", entry.name)
+            files = {f: self.storage.read_bytes(posixpath.join(base, f)) for f in entry.files}
+            verify(entry, files)
+            shards.append(ShardIndex.from_bytes(entry.name, files))
+        return shards

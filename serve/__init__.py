@@ -1,0 +1,1 @@
+"""Ray Serve application: thin deployments over ``vsearch`` objects, built by ``serve.app``."""

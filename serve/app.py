@@ -1,0 +1,76 @@
+"""App builder: a typed argument in, the bound search graph out.
+
+Named by ``import_path: serve.app:build_app`` in ``serve/config.yaml``; the demo and ``vsearch serve``
+call it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from ray.serve import Application
+
+from serve.deployments import QueryEmbedder, ResultReranker, SearchIngress, ShardSearcher
+from vsearch.config import Config, load_config
+from vsearch.storage import IndexStore, ModelStore, Storage
+
+
+class AppArgs(BaseModel):
+    """How to find the config: a YAML path with overrides, or an inline config tree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_path: str | None = None
+    overrides: list[str] = []
+    config: dict[str, Any] | None = None
+    #: Index version to serve; the published ``CURRENT`` one when None.
+    index_version: str | None = None
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """Bind the search graph for the index version in ``args`` (default: the published one)."""
+    args = AppArgs.model_validate(args) if isinstance(args, dict) else args
+    cfg = (
+        Config.model_validate(args.config)
+        if args.config is not None
+        else load_config(args.config_path, args.overrides)
+    )
+    storage = Storage(cfg.storage, cfg.storage_options)
+    manifest = IndexStore(storage).manifest(args.index_version)
+    _, artifact = ModelStore(storage).load(manifest.model_version)
+    n = min(cfg.serve.searchers, len(manifest.shards))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    categories: list[list[str]] = [[] for _ in range(n)]
+    # Largest shards first, each to the least-loaded searcher.
+    load = [0] * n
+    for entry in sorted(manifest.shards, key=lambda e: -e.count):
+        i = load.index(min(load))
+        groups[i].append(entry.name)
+        categories[i].append(entry.category)
+        load[i] += entry.count
+    storage_args = (cfg.storage, cfg.storage_options)
+    searchers = [
+        ShardSearcher.options(name=f"ShardSearcher{i}").bind(*storage_args, manifest.version, g)
+        for i, g in enumerate(groups)
+    ]
+    embedder = QueryEmbedder.bind(
+        *storage_args,
+        manifest.model_version,
+        {
+            "max_batch_size": cfg.serve.max_batch_size,
+            "batch_wait_timeout_s": cfg.serve.batch_wait_timeout_s,
+        },
+    )
+    settings = {
+        "index_version": manifest.version,
+        "model_version": manifest.model_version,
+        "shards": len(manifest.shards),
+        "catalog_images": manifest.total_count,
+        "categories": categories,
+        "shortlist": cfg.index.shortlist,
+        "max_upload_bytes": cfg.serve.max_upload_bytes,
+        "max_pixels": cfg.index.max_pixels,
+        "max_side": 4 * artifact.config.input_size,
+    }
+    return SearchIngress.bind(embedder, searchers, ResultReranker.bind(), settings)

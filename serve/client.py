@@ -1,0 +1,48 @@
+"""A small HTTP client for ``POST /search``, used by the demo and ``vsearch search``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+
+class SearchClient:
+    """Talks to a running vsearch service at ``base_url`` (e.g. ``http://127.0.0.1:8123``)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+
+    def health(self) -> dict[str, Any]:
+        resp = self.session.get(f"{self.base_url}/healthz", timeout=self.timeout_s)
+        resp.raise_for_status()
+        return resp.json()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Poll ``/healthz`` until it answers, or raise ``TimeoutError``."""
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self.health()
+            except requests.RequestException as exc:
+                last = exc
+                time.sleep(0.5)
+        raise TimeoutError(f"{self.base_url} not ready after {timeout_s:.0f}s: {last}")
+
+    def search(
+        self, image: bytes, k: int = 10, categories: list[str] | None = None
+    ) -> requests.Response:
+        """``POST /search`` with ``image`` as multipart field ``image``; the raw response."""
+        params: dict[str, Any] = {"k": k}
+        if categories:
+            params["categories"] = ",".join(categories)
+        return self.session.post(
+            f"{self.base_url}/search",
+            params=params,
+            files={"image": ("query.jpg", image, "application/octet-stream")},
+            timeout=self.timeout_s,
+        )

@@ -1,0 +1,354 @@
+"""Unit tests for the binary sharded index: codec, shard, manifest, builder, searcher."""
+
+from __future__ import annotations
+
+import zlib
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vsearch.index import (
+    SHARD_FILES,
+    BinaryCodec,
+    Manifest,
+    ShardedIndex,
+    ShardEntry,
+    ShardIndex,
+    bucket_of,
+    build_shards,
+    l2_normalise,
+    merge_topk,
+    sha256_hex,
+    shard_name,
+    verify,
+)
+
+faiss.omp_set_num_threads(1)
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    return l2_normalise(rng.standard_normal((n, d)).astype(np.float32))
+
+
+def _meta(n: int, categories: list[str] | None = None, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    cats = categories if categories is not None else ["drinks/soda"] * n
+    return pa.table(
+        {
+            "image_id": [f"img-{i:05d}" for i in range(n)],
+            "product_id": [f"prod-{i // 2:05d}" for i in range(n)],
+            "category": cats,
+            "title": [f"title {i}" for i in range(n)],
+            "quality": rng.random(n).astype(np.float32),
+            "popularity": rng.random(n).astype(np.float32),
+        }
+    )
+
+
+def _clustered(seed: int, n: int = 2000, d: int = 128, clusters: int = 50, nq: int = 200):
+    """Points and queries around shared random centres; noise norm about equal to centre norm."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng, clusters, d)
+    noise = 1.0 / np.sqrt(d)
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, d))
+    q = centres[rng.integers(0, clusters, nq)] + noise * rng.standard_normal((nq, d))
+    return l2_normalise(x), l2_normalise(q)
+
+
+def _exact_topk(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = q @ x.T
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, axis=1), ids
+
+
+# --- codec -------------------------------------------------------------------------------------
+
+
+def test_codec_rejects_bad_dim() -> None:
+    for bad in (0, 12, -8):
+        with pytest.raises(ValueError):
+            BinaryCodec(bad)
+
+
+def test_codec_bit_layout_is_lsb_first() -> None:
+    codec = BinaryCodec(16)
+    x = -np.ones((2, 16), dtype=np.float32)
+    x[0, 0] = 1.0
+    x[1, 9] = 0.5
+    x[1, 15] = 2.0
+    np.testing.assert_array_equal(codec.encode(x), [[1, 0], [0, 2 | 128]])
+    assert codec.encode(np.zeros((1, 16), dtype=np.float32)).tolist() == [[0, 0]]
+
+
+def test_codec_agrees_with_faiss() -> None:
+    rng = np.random.default_rng(1)
+    d = 64
+    codec = BinaryCodec(d)
+    a = rng.standard_normal((40, d)).astype(np.float32)
+    b = rng.standard_normal((30, d)).astype(np.float32)
+    ca, cb = codec.encode(a), codec.encode(b)
+    assert ca.shape == (40, d // 8) and ca.dtype == np.uint8
+    ref = np.zeros_like(ca)
+    faiss.real_to_binary(a.size, faiss.swig_ptr(a), faiss.swig_ptr(ref))
+    np.testing.assert_array_equal(ca, ref)
+    ham = codec.hamming(ca, cb)
+    assert ham.dtype == np.int32 and ham.shape == (40, 30)
+    np.testing.assert_array_equal(ham, ((a[:, None, :] > 0) != (b[None, :, :] > 0)).sum(axis=2))
+    index = faiss.IndexBinaryFlat(d)
+    index.add(cb)
+    dist, ids = index.search(ca, len(cb))
+    np.testing.assert_array_equal(dist, np.take_along_axis(ham, ids, axis=1))
+
+
+# --- shard -------------------------------------------------------------------------------------
+
+
+def test_shard_full_shortlist_equals_exact() -> None:
+    rng = np.random.default_rng(2)
+    x, q = _unit(rng, 300, 64), _unit(rng, 25, 64)
+    shard = ShardIndex.build("s", x, _meta(300))
+    assert len(shard) == 300 and shard.dim == 64 and shard.name == "s"
+    scores, ids = shard.search(q, 10, shortlist=300)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and scores.shape == (25, 10)
+    exact_scores, exact_ids = _exact_topk(q, x, 10)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    # Ids may differ only between tied scores: check each returned id really has its score.
+    np.testing.assert_allclose(np.einsum("mkd,md->mk", x[ids], q), scores, atol=1e-5)
+    assert (ids == exact_ids).mean() > 0.99
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_shard_recall_grows_with_shortlist() -> None:
+    x, q = _clustered(seed=3)
+    shard = ShardIndex.build("clustered", x, _meta(len(x)))
+    _, exact = _exact_topk(q, x, 10)
+    recall = {}
+    for shortlist in (10, 50, 100, 200):
+        _, ids = shard.search(q, 10, shortlist)
+        recall[shortlist] = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=True)]
+        )
+    print(f"recall@10 by shortlist: {recall}")
+    assert recall[10] <= recall[50] <= recall[200]
+    assert recall[100] > 0.9
+    assert recall[200] > 0.95
+
+
+def test_shard_pads_when_k_exceeds_rows() -> None:
+    rng = np.random.default_rng(4)
+    x = _unit(rng, 5, 32)
+    shard = ShardIndex.build("tiny", x, _meta(5))
+    scores, ids = shard.search(x[:3], 8, shortlist=2)
+    assert scores.shape == ids.shape == (3, 8)
+    assert np.isneginf(scores[:, 5:]).all() and (ids[:, 5:] == -1).all()
+    assert sorted(ids[0, :5].tolist()) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(ids[:, 0], [0, 1, 2])  # each vector finds itself first
+
+
+def test_shard_normalises_and_validates() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 16)).astype(np.float32) * 3
+    shard = ShardIndex.build("s", x, _meta(20))
+    np.testing.assert_allclose(np.linalg.norm(shard.vectors, axis=1), 1.0, atol=1e-6)
+    assert shard.meta.schema.field("quality").type == pa.float32()
+    with pytest.raises(ValueError):
+        ShardIndex.build("s", x[:, :12], _meta(20))  # width not a multiple of 8
+    with pytest.raises(ValueError):
+        ShardIndex.build("s", x, _meta(19))
+    with pytest.raises(ValueError):
+        ShardIndex.build("s", x, _meta(20).drop_columns(["title"]))
+    x[3] = 0.0
+    with pytest.raises(ValueError):
+        ShardIndex.build("s", x, _meta(20))
+    with pytest.raises(ValueError):
+        shard.search(np.ones((2, 8), dtype=np.float32), 3, 5)
+
+
+def test_shard_round_trip() -> None:
+    x, q = _clustered(seed=6, n=400, d=64, clusters=10, nq=30)
+    shard = ShardIndex.build("rt", x, _meta(400))
+    files = shard.to_bytes()
+    assert set(files) == set(SHARD_FILES)
+    again = ShardIndex.from_bytes("rt", files)
+    assert again.name == "rt" and len(again) == 400 and again.dim == 64
+    assert again.meta.equals(shard.meta)
+    for shortlist in (10, 50):
+        s1, i1 = shard.search(q, 7, shortlist)
+        s2, i2 = again.search(q, 7, shortlist)
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(i1, i2)
+    assert again.to_bytes()[SHARD_FILES[0]] == files[SHARD_FILES[0]]
+    with pytest.raises(ValueError):
+        ShardIndex.from_bytes("rt", {k: v for k, v in files.items() if k != "vectors.npy"})
+
+
+# --- manifest ----------------------------------------------------------------------------------
+
+
+def _manifest() -> tuple[Manifest, dict[str, dict[str, bytes]]]:
+    rng = np.random.default_rng(7)
+    cats = ["drinks/soda", "shoes"] * 20
+    built = build_shards(_unit(rng, 40, 16), _meta(40, cats), buckets_per_category=2)
+    packaged = [b.package() for b in built]
+    manifest = Manifest(
+        version="2024-06-01",
+        model_version="resnet-v3",
+        created_at="2024-06-01T00:00:00+00:00",
+        dim=16,
+        shards=[entry for entry, _ in packaged],
+        stats={"rows": 40, "build_seconds": 0.5},
+    )
+    return manifest, {entry.name: files for entry, files in packaged}
+
+
+def test_manifest_json_round_trip() -> None:
+    manifest, _ = _manifest()
+    again = Manifest.from_json(manifest.to_json())
+    assert again == manifest
+    assert again.categories == ["drinks/soda", "shoes"]
+    assert again.total_count == 40 and isinstance(again.stats["rows"], int)
+    with pytest.raises(ValueError):
+        Manifest.from_json(manifest.to_json().replace('"dim"', '"extra": 1, "dim"'))
+    with pytest.raises(ValueError):
+        Manifest(**{**manifest.model_dump(), "shards": manifest.shards + manifest.shards[:1]})
+    with pytest.raises(ValueError):
+        ShardEntry(name="x", category="c", bucket=0, count=1, files={"a": "not-a-digest"})
+
+
+def test_manifest_verify_detects_flipped_byte() -> None:
+    manifest, all_files = _manifest()
+    entry = manifest.shards[0]
+    files = all_files[entry.name]
+    verify(entry, files)  # intact
+    assert entry.files["meta.parquet"] == sha256_hex(files["meta.parquet"])
+    data = bytearray(files["vectors.npy"])
+    data[len(data) // 2] ^= 0x01
+    with pytest.raises(ValueError, match=r"vectors\.npy"):
+        verify(entry, {**files, "vectors.npy": bytes(data)})
+    with pytest.raises(ValueError, match=r"codes\.faissbin"):
+        verify(entry, {k: v for k, v in files.items() if k != "codes.faissbin"})
+
+
+# --- builder -----------------------------------------------------------------------------------
+
+
+def _crc32_bitwise(data: bytes) -> int:
+    """CRC-32 (IEEE, reflected), bit by bit: an implementation independent of zlib."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_bucket_of_is_stable_and_balanced() -> None:
+    # 0xCBF43926 is the published CRC-32 check value of "123456789"; the other is pinned.
+    assert bucket_of("123456789", 1 << 32) == 0xCBF43926 == _crc32_bitwise(b"123456789")
+    assert bucket_of("img-00001", 1 << 32) == 1409114566 == _crc32_bitwise(b"img-00001")
+    assert bucket_of("img-00001", 7) == 1409114566 % 7 == 6
+    for image_id in ("a", "img-42", "ünïcode"):
+        assert bucket_of(image_id, 16) == zlib.crc32(image_id.encode("utf-8")) % 16
+    counts = np.bincount([bucket_of(f"img-{i:06d}", 8) for i in range(8000)], minlength=8)
+    assert counts.min() > 0.85 * 1000 and counts.max() < 1.15 * 1000
+    with pytest.raises(ValueError):
+        bucket_of("x", 0)
+
+
+def test_shard_name_is_safe_stable_and_unique() -> None:
+    assert shard_name("drinks/soda", 3) == shard_name("drinks/soda", 3)
+    names = {shard_name(c, b) for c in ("a/b", "a-b", "A B", "", "ü") for b in (0, 1)}
+    assert len(names) == 10
+    for name in names:
+        assert all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in name) and name.islower()
+    assert shard_name("Drinks/Soda", 3).startswith("drinks-soda-")
+
+
+def test_build_shards_partitions_rows() -> None:
+    rng = np.random.default_rng(8)
+    n = 300
+    cats = [["a", "b/c", "d"][i % 3] for i in range(n)]
+    meta = _meta(n, cats)
+    built = build_shards(_unit(rng, n, 32), meta, buckets_per_category=4)
+    assert [(b.category, b.bucket) for b in built] == sorted((b.category, b.bucket) for b in built)
+    assert len(built) == 12 and len({b.name for b in built}) == 12
+    seen = []
+    for b in built:
+        assert b.name == shard_name(b.category, b.bucket)
+        assert set(b.index.meta.column("category").to_pylist()) == {b.category}
+        ids = b.index.meta.column("image_id").to_pylist()
+        assert {bucket_of(i, 4) for i in ids} == {b.bucket}
+        seen += ids
+    assert sorted(seen) == sorted(meta.column("image_id").to_pylist())
+
+
+# --- searcher ----------------------------------------------------------------------------------
+
+
+def test_merge_topk() -> None:
+    s0 = np.array([[0.9, 0.5, -np.inf], [0.3, 0.2, 0.1]], dtype=np.float32)
+    r0 = np.array([[4, 2, -1], [0, 1, 2]])
+    s1 = np.array([[0.7, 0.5], [0.3, -np.inf]], dtype=np.float32)
+    r1 = np.array([[9, 8], [5, -1]])
+    scores, shard, rows = merge_topk([(s0, r0), (s1, r1)], 5)
+    np.testing.assert_array_equal(scores[0], np.array([0.9, 0.7, 0.5, 0.5, -np.inf], np.float32))
+    assert shard[0].tolist() == [0, 1, 0, 1, -1] and rows[0].tolist() == [
+        4,
+        9,
+        2,
+        8,
+        -1,
+    ]
+    assert shard[1].tolist() == [0, 1, 0, 0, -1] and rows[1].tolist() == [
+        0,
+        5,
+        1,
+        2,
+        -1,
+    ]
+    scores, shard, rows = merge_topk([(s0, r0), (s1, r1)], 1)
+    assert scores.shape == (2, 1) and rows[:, 0].tolist() == [4, 0]
+
+
+def _category_setup():
+    x, q = _clustered(seed=9, n=600, d=64, clusters=12, nq=20)
+    cats = [["shoes", "bags", "drinks/soda"][i % 3] for i in range(len(x))]
+    meta = _meta(len(x), cats)
+    index = ShardedIndex.from_built(build_shards(x, meta, buckets_per_category=3))
+    return x, q, np.array(cats), meta, index
+
+
+def test_sharded_index_equals_exact_over_categories() -> None:
+    x, q, cats, meta, index = _category_setup()
+    assert len(index) == 600 and index.categories == ["bags", "drinks/soda", "shoes"]
+    image_ids = np.array(meta.column("image_id").to_pylist())
+    for wanted in (None, ["shoes"], ["shoes", "drinks/soda"]):
+        mask = np.ones(len(x), bool) if wanted is None else np.isin(cats, wanted)
+        exact_scores, exact_ids = _exact_topk(q, x[mask], 10)
+        hits = index.search(q, 10, shortlist=10_000, categories=wanted)
+        assert len(hits) == len(q)
+        for qi, row in enumerate(hits):
+            assert len(row) == 10
+            np.testing.assert_allclose([h.score for h in row], exact_scores[qi], atol=1e-5)
+            assert [h.image_id for h in row] == image_ids[mask][exact_ids[qi]].tolist()
+            assert all(h.category in (wanted or index.categories) for h in row)
+    hit = hits[0][0]
+    assert hit.shard == shard_name(hit.category, bucket_of(hit.image_id, 3))
+    assert isinstance(hit.quality, float) and isinstance(hit.score, float)
+
+
+def test_sharded_index_category_filter_and_padding() -> None:
+    _, q, _, _, index = _category_setup()
+    hits = index.search(q[:4], 5, shortlist=20, categories=["bags", "no-such-category"])
+    assert all(len(row) == 5 and {h.category for h in row} == {"bags"} for row in hits)
+    assert index.search(q[:4], 5, 20, categories=["no-such-category"]) == [[]] * 4
+    assert index.search(q[:4], 5, 20, categories=[]) == [[]] * 4
+    rng = np.random.default_rng(10)
+    small = ShardedIndex.from_built(build_shards(_unit(rng, 7, 64), _meta(7, ["a"] * 7), 2))
+    hits = small.search(q[:3], 20, shortlist=5)
+    assert [len(row) for row in hits] == [7, 7, 7]
+    scores = [h.score for h in hits[0]]
+    assert scores == sorted(scores, reverse=True)
+    assert ShardedIndex([]).search(q[:2], 3, 3) == [[], []]
