@@ -67,12 +67,8 @@ def ensure_dataset(cfg: Config) -> str:
     if cfg.data.source == "synthetic":
         from vsearch.data.synthetic import generate_synthetic
 
-        with progress(
-            cfg.data.synthetic.categories * cfg.data.synthetic.products_per_category,
-            "drawing products",
-            "product",
-        ) as bar:
-            generated = generate_synthetic(cfg.data.synthetic, lambda done, total: bar.update(1))
+        with progress(0, "drawing products", "product") as bar:
+            generated = generate_synthetic(cfg.data.synthetic, _follow(bar))
         dataset, images = generated.dataset, generated.images
     else:
         from vsearch.data.grocery import load_grocery_store

@@ -27,6 +27,7 @@ def main(cfg: Config, run_name: str | None = None) -> str:
             "run (resume with --run-name)": run_name,
             "workers": cfg.train.num_workers,
             "epochs done": artifact.info["epochs_done"],
+            "resumed from epoch": artifact.info["resumed_from_epoch"],
             "training images": metrics.get("train_images", 0),
             "click triplets": metrics.get("click_triplets", 0),
             "skipped images": metrics.get("skipped_images", 0),

@@ -4,7 +4,8 @@ delegates to it; none holds search logic of its own.
 ingress (FastAPI, validates) -> QueryEmbedder (serve.batch) -> ShardSearcher x N -> ResultReranker
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see real types (e.g. `Request`) on
+# the ingress methods, or it takes `request` for a query parameter.
 
 import asyncio
 import time

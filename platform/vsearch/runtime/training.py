@@ -79,6 +79,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_images": len(data),
             "click_triplets": len(data.click_triplets),
             "skipped_images": len(data.skipped),
+            "start_epoch": start_epoch,
         }
         budget = cfg.train.time_budget_s
         stop = _stop_everywhere(bool(budget) and elapsed >= budget)
@@ -135,6 +136,7 @@ def fit(cfg: Config, dataset_prefix: str, run_name: str) -> tuple[ModelArtifact,
     info = {
         "run_name": run_name,
         "epochs_done": int(state["epoch"]) + 1,
+        "resumed_from_epoch": metrics.get("start_epoch", 0),
         "final_loss": metrics.get("loss"),
         "train_images": metrics.get("train_images"),
         "click_triplets": metrics.get("click_triplets"),

@@ -1,0 +1,180 @@
+"""The whole path on a local Ray cluster at a tiny size: generate -> train (and resume) ->
+reindex (with a corrupt catalogue image) -> serve -> HTTP, plus a failed reindex that must leave
+the published index serving."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vsearch.config import Config, load_config
+from vsearch.index.manifest import Manifest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Running:
+    cfg: Config
+    manifest: Manifest
+    url: str
+    first_version: str
+    resumed_version: str
+    catalog_rows: int
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    from ray import serve
+
+    from jobs import generate, reindex, train
+    from serve.app import AppArgs, build_app
+    from serve.client import SearchClient
+    from vsearch.runtime.cluster import free_port, ray_session
+    from vsearch.storage import Storage, read_dataset
+
+    store = tmp_path_factory.mktemp("pipeline")
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml", [f"storage={store}", "serve.max_upload_bytes=300000"]
+    )
+    with ray_session(cfg.ray):
+        prefix = generate.main(cfg)
+        storage = Storage(cfg.storage)
+        ds = read_dataset(storage, prefix)
+        storage.write_bytes(ds.catalog["image_uri"][0].as_py(), b"\xff\xd8\xff garbage")
+        one_epoch = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
+        first = train.main(one_epoch, run_name="resume-me")
+        resumed = train.main(cfg, run_name="resume-me")
+        manifest = reindex.main(cfg, resumed)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            SearchClient(url).wait_ready()
+            yield Running(cfg, manifest, url, first, resumed, ds.catalog.num_rows)
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture
+def client(running: Running):
+    from serve.client import SearchClient
+
+    return SearchClient(running.url)
+
+
+def _query_bytes(cfg: Config) -> tuple[bytes, str]:
+    from vsearch.storage import Storage, read_dataset
+
+    storage = Storage(cfg.storage)
+    ds = read_dataset(storage, "datasets/synthetic")
+    row = ds.queries_of("test").slice(0, 1).to_pylist()[0]
+    return storage.read_bytes(row["image_uri"]), row["category"]
+
+
+def test_training_resumed_from_checkpoint(running: Running) -> None:
+    from vsearch.storage import ModelStore, Storage
+
+    models = ModelStore(Storage(running.cfg.storage))
+    _, first = models.load(running.first_version)
+    _, resumed = models.load(running.resumed_version)
+    assert first.info["epochs_done"] == 1 and first.info["resumed_from_epoch"] == 0
+    assert resumed.info["epochs_done"] == 2 and resumed.info["resumed_from_epoch"] == 1
+
+
+def test_reindex_counts_and_skips_the_corrupt_image(running: Running) -> None:
+    stats = running.manifest.stats
+    assert stats["skipped"] == 1
+    assert stats["embedded"] == running.catalog_rows - 1 == running.manifest.total_count
+
+
+def test_search_over_http(running: Running, client) -> None:
+    data, _ = _query_bytes(running.cfg)
+    resp = client.search(data, k=3)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["index_version"] == running.manifest.version
+    assert body["model_version"] == running.resumed_version
+    results = body["results"]
+    assert 1 <= len(results) <= 3
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r["product_id"] for r in results}) == len(results)  # one row per product
+
+
+def test_raw_body_upload_and_category_filter(running: Running) -> None:
+    import requests
+
+    data, category = _query_bytes(running.cfg)
+    resp = requests.post(
+        f"{running.url}/search", params={"k": 5, "categories": category}, data=data, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    assert {r["category"] for r in resp.json()["results"]} == {category}
+
+
+def test_health(client) -> None:
+    health = client.health()
+    assert health["status"] == "ok" and health["shards"] >= 1
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def _big_png() -> bytes:
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "reason"),
+    [
+        (b"not an image at all", 400, "not_an_image"),
+        (_gif(), 415, "format_not_allowed"),
+        (_big_png(), 413, "exceeds"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_reason(client, payload: bytes, status: int, reason: str) -> None:
+    resp = client.search(payload)
+    assert resp.status_code == status
+    assert reason in resp.json()["detail"]
+
+
+def test_missing_image_and_bad_k(running: Running) -> None:
+    import requests
+
+    empty = requests.post(f"{running.url}/search", data=b"", timeout=30)
+    assert empty.status_code == 400 and "no image" in empty.json()["detail"]
+    wrong_field = requests.post(
+        f"{running.url}/search", files={"photo": ("x.jpg", b"x")}, timeout=30
+    )
+    assert wrong_field.status_code == 400 and "'image'" in wrong_field.json()["detail"]
+    data, _ = _query_bytes(running.cfg)
+    bad_k = requests.post(f"{running.url}/search", params={"k": 0}, data=data, timeout=30)
+    assert bad_k.status_code == 422
+
+
+def test_failed_reindex_leaves_published_index_serving(running: Running, client) -> None:
+    from jobs import reindex
+    from vsearch.runtime.cluster import ray_session
+    from vsearch.storage import IndexStore, Storage
+
+    with ray_session(running.cfg.ray), pytest.raises(Exception, match="m-does-not-exist"):
+        reindex.main(running.cfg, model_version="m-does-not-exist")
+    assert IndexStore(Storage(running.cfg.storage)).current() == running.manifest.version
+    data, _ = _query_bytes(running.cfg)
+    assert client.search(data).status_code == 200

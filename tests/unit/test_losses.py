@@ -1,0 +1,82 @@
+"""Loss values checked by hand on listed triplets; miners on small hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vsearch.models.losses import BatchHardTripletLoss, TripletMarginLoss, pairwise_distances
+from vsearch.models.miners import PKBatchSampler, mine_click_triplets
+
+
+def test_pairwise_distances_match_cdist() -> None:
+    x, y = torch.randn(5, 7), torch.randn(3, 7)
+    torch.testing.assert_close(pairwise_distances(x, y), torch.cdist(x, y), atol=1e-5, rtol=1e-5)
+
+
+def test_triplet_margin_loss_hand_values() -> None:
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    p = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    n = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Triplet 1: d(a,p)=sqrt(2), d(a,n)=0 -> sqrt(2) + 0.2. Triplet 2: d(a,p)=0, d(a,n)=sqrt(2) -> 0.
+    loss = TripletMarginLoss(margin=0.2)(a, p, n)
+    assert loss.item() == pytest.approx((math.sqrt(2) + 0.2) / 2, rel=1e-5)
+
+
+def test_batch_hard_picks_farthest_positive_and_nearest_negative() -> None:
+    emb = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # anchor 0: pos 1 (d=3), neg min(d to 2=1, d to 3=2)=1 -> 3-1+0.5 = 2.5
+    # anchor 1: pos 0 (d=3), neg min(2, sqrt(13))=2 -> 1.5
+    # anchor 2: pos 3 (d=sqrt(5)), neg min(1, 2)=1 -> sqrt(5)-0.5
+    # anchor 3: pos 2 (d=sqrt(5)), neg min(2, sqrt(13))=2 -> sqrt(5)-1.5
+    expected = (2.5 + 1.5 + (math.sqrt(5) - 0.5) + (math.sqrt(5) - 1.5)) / 4
+    loss_fn = BatchHardTripletLoss(margin=0.5)
+    assert loss_fn(emb, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert loss_fn.last_active == 1.0
+
+
+def test_batch_hard_without_valid_anchor_is_zero_with_grad() -> None:
+    emb = torch.randn(3, 4, requires_grad=True)
+    loss = BatchHardTripletLoss()(emb, torch.tensor([0, 1, 2]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert emb.grad is not None
+
+
+def test_pk_sampler_shapes_and_lockstep() -> None:
+    labels = np.repeat(np.arange(10), 3)
+    batches = [
+        list(PKBatchSampler(labels, p=4, k=2, seed=0, rank=r, world_size=2).epoch(0))
+        for r in range(2)
+    ]
+    assert len(batches[0]) == len(batches[1]) >= 1
+    for batch in batches[0] + batches[1]:
+        assert batch.shape == (8,)
+        counts = np.bincount(labels[batch])
+        assert sorted(counts[counts > 0].tolist()) == [2, 2, 2, 2]
+    # Ranks see different batches; the same seed and epoch give the same batches.
+    assert not np.array_equal(batches[0][0], batches[1][0])
+    again = list(PKBatchSampler(labels, p=4, k=2, seed=0, rank=0, world_size=2).epoch(0))
+    assert all(np.array_equal(a, b) for a, b in zip(again, batches[0], strict=True))
+
+
+def test_pk_sampler_needs_two_labels() -> None:
+    with pytest.raises(ValueError, match="two distinct labels"):
+        PKBatchSampler(np.zeros(5, dtype=np.int64), p=2, k=2)
+
+
+def test_click_triplets() -> None:
+    query_rows = {"q1.jpg": 10, "q2.jpg": 11}
+    catalog_rows = {"A": 0, "B": 1, "C": 2}
+    sessions = [
+        ("q1.jpg", ["A", "B", "C"], "A"),  # two negatives
+        ("q2.jpg", ["B", "Z"], "B"),  # Z unknown -> no triplet
+        ("q3.jpg", ["A", "B"], "A"),  # unknown query -> skipped
+    ]
+    triplets = mine_click_triplets(query_rows, catalog_rows, sessions)
+    assert triplets.tolist() == [[10, 0, 1], [10, 0, 2]]
+    assert mine_click_triplets({}, {}, []).shape == (0, 3)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vsearch.eval.retrieval import canonical_ranking, evaluate_retrieval
+
+
+def _meta(products: list[str], categories: list[str]) -> pa.Table:
+    n = len(products)
+    return pa.table(
+        {
+            "image_id": [f"img{i}" for i in range(n)],
+            "product_id": products,
+            "category": categories,
+            "title": ["t"] * n,
+            "quality": pa.array([1.0] * n, pa.float32()),
+            "popularity": pa.array([0.0] * n, pa.float32()),
+        }
+    )
+
+
+def test_canonical_ranking_folds_duplicates() -> None:
+    ranked = ["d1", "p2", "p1", "p3"]
+    assert canonical_ranking(ranked, {"d1": "p1"}) == ["p1", "p2", "p3"]
+    assert canonical_ranking(ranked, {}, 2) == ["d1", "p2"]
+
+
+def test_perfect_and_shifted_queries() -> None:
+    rng = np.random.default_rng(0)
+    n = 40
+    catalog = rng.normal(size=(n, 32)).astype(np.float32)
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    products = [f"p{i}" for i in range(n)]
+    meta = _meta(products, ["a" if i < 20 else "b" for i in range(n)])
+    # Queries equal to their catalogue vectors: everything is found first.
+    report = evaluate_retrieval(catalog[:10], products[:10], catalog, meta, shortlist=n)
+    assert report.recall_at_1 == report.exact_recall_at_1 == 1.0
+    assert report.map_at_10 == pytest.approx(1.0)
+    assert report.ann_recall_at_10 == pytest.approx(1.0)
+    # Labels pointing at the wrong product: never found at rank 1.
+    wrong = evaluate_retrieval(catalog[:10], products[10:20], catalog, meta, shortlist=n)
+    assert wrong.recall_at_1 == 0.0
+
+
+def test_duplicate_listing_counts_as_the_product() -> None:
+    base = np.eye(8, dtype=np.float32)
+    catalog = np.stack([base[0], base[1], base[2], base[0] * 0.9 + base[3] * 0.1])
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    meta = _meta(["p0", "p1", "p2", "dup0"], ["a"] * 4)
+    # The query is closest to the duplicate listing "dup0" of p0.
+    query = (base[0] * 0.8 + base[3] * 0.6)[None, :]
+    plain = evaluate_retrieval(query, ["p0"], catalog, meta, shortlist=4)
+    folded = evaluate_retrieval(query, ["p0"], catalog, meta, {"dup0": "p0"}, shortlist=4)
+    assert plain.recall_at_1 == 0.0
+    assert folded.recall_at_1 == 1.0

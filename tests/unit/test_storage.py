@@ -1,0 +1,145 @@
+"""Storage through fsspec URLs: local, memory:// and S3 (moto on 127.0.0.1); versioned stores."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vsearch.config import ModelConfig
+from vsearch.data.dataset import CatalogDataset
+from vsearch.index.builder import build_shards
+from vsearch.models.artifact import initial_artifact
+from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset, write_dataset
+
+
+def _dataset() -> tuple[CatalogDataset, dict[str, bytes]]:
+    catalog = pa.table(
+        {
+            "product_id": ["p1", "p2"],
+            "image_id": ["c1", "c2"],
+            "image_uri": ["images/c1.jpg", "/abs/c2.jpg"],
+            "category": ["a/b", "a/c"],
+            "title": ["one", "two"],
+            "attributes": ["{}", "{}"],
+            "quality": pa.array([0.5, 1.0], pa.float32()),
+            "popularity": pa.array([0.1, 0.2], pa.float32()),
+        }
+    )
+    queries = pa.table(
+        {
+            "query_id": ["q1"],
+            "product_id": ["p1"],
+            "image_uri": ["images/q1.jpg"],
+            "category": ["a/b"],
+            "split": ["test"],
+            "box": pa.array([[1.0, 2.0, 3.0, 4.0]], pa.list_(pa.float32(), 4)),
+        }
+    )
+    return CatalogDataset(catalog, queries), {"images/c1.jpg": b"c1", "images/q1.jpg": b"q1"}
+
+
+def _round_trip(storage: Storage) -> None:
+    ds, images = _dataset()
+    write_dataset(storage, "datasets/x", ds, images)
+    back = read_dataset(storage, "datasets/x")
+    assert back.catalog.num_rows == 2 and back.clicks is None
+    uris = back.catalog["image_uri"].to_pylist()
+    assert uris[0] == storage.url("datasets/x/images/c1.jpg")
+    assert uris[1] == "file:///abs/c2.jpg"
+    assert storage.read_bytes(uris[0]) == b"c1"
+    assert storage.read_bytes(back.queries["image_uri"][0].as_py()) == b"q1"
+    assert back.queries["box"][0].as_py() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_local_round_trip_and_atomic_write(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "root"))
+    assert storage.root == f"file://{tmp_path}/root"
+    _round_trip(storage)
+    storage.write_text("a/b.txt", "hello")
+    leftovers = [p.name for p in (tmp_path / "root" / "a").iterdir()]
+    assert leftovers == ["b.txt"]  # no temporary file left behind
+
+
+def test_memory_round_trip() -> None:
+    _round_trip(Storage(f"memory://vsearch-test-{uuid.uuid4().hex}"))
+
+
+def test_s3_round_trip(s3_endpoint: str) -> None:
+    import boto3
+
+    bucket = f"vsearch-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    storage = Storage(f"s3://{bucket}/root", {"client_kwargs": {"endpoint_url": s3_endpoint}})
+    _round_trip(storage)
+    # Ray reads through a pyarrow filesystem wrapping the same fsspec one.
+    fs, root = storage.pyarrow_filesystem()
+    info = fs.get_file_info(f"{root}/datasets/x/catalog.parquet")
+    assert info.size > 0
+
+
+def test_missing_dataset_and_file_errors(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="catalog.parquet is missing"):
+        read_dataset(storage, "datasets/none")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.read_bytes("nope.bin")
+
+
+def test_model_store_versions(tmp_path: Path) -> None:
+    store = ModelStore(Storage(str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="vsearch train"):
+        store.latest()
+    art = initial_artifact(ModelConfig(arch="cnn_tiny", embed_dim=16))
+    v1 = store.save(art, "m1")
+    v2 = store.save(art, "m2")
+    assert (v1, v2) == ("m1", "m2") and store.latest() == "m2"
+    version, loaded = store.load("m1")
+    assert version == "m1" and loaded.config == art.config
+
+
+def _shards(n: int = 30, seed: int = 0) -> tuple[list, int]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, 16)).astype(np.float32)
+    meta = pa.table(
+        {
+            "image_id": [f"i{i}" for i in range(n)],
+            "product_id": [f"p{i}" for i in range(n)],
+            "category": ["a" if i % 2 else "b" for i in range(n)],
+            "title": ["t"] * n,
+            "quality": pa.array([1.0] * n, pa.float32()),
+            "popularity": pa.array([0.0] * n, pa.float32()),
+        }
+    )
+    return build_shards(vectors, meta, 2), 16
+
+
+def test_index_store_publish_and_verify(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    store = IndexStore(storage)
+    built, dim = _shards()
+    manifest = store.write_version("i1", built, "m1", dim, {"embedded": 30})
+    # Written but not published: nothing serves yet.
+    with pytest.raises(FileNotFoundError, match="vsearch reindex"):
+        store.current()
+    store.publish(manifest)
+    assert store.current() == "i1"
+    assert store.manifest().model_version == "m1"
+    shards = store.load_shards(store.manifest())
+    assert sum(len(s) for s in shards) == 30
+    # A second version written but never published leaves i1 current.
+    store.write_version("i2", _shards(seed=1)[0], "m2", dim, {})
+    assert store.current() == "i1"
+    # A corrupted shard file is caught by its checksum.
+    entry = manifest.shards[0]
+    victim = tmp_path / "indexes" / "i1" / "shards" / entry.name / "vectors.npy"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="vectors.npy"):
+        store.load_shards(manifest, [entry.name])
