@@ -28,7 +28,8 @@ from vsearch.storage import IndexStore, ModelStore, Storage
 _STATUS_OF_REASON = {"format_not_allowed": 415, "too_large": 413}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+# Enough requests in flight per replica to fill a batch of up to 32.
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class QueryEmbedder:
     """Embeds decoded query photos with the model version the index was built with."""
 

@@ -32,7 +32,7 @@ def test_unknown_keys_are_errors() -> None:
 
 
 def test_bad_override_syntax() -> None:
-    with pytest.raises(ValueError, match="section.key=value"):
+    with pytest.raises(ValueError, match=r"section\.key=value"):
         load_config(None, ["train.epochs"])
 
 

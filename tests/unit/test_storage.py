@@ -85,7 +85,7 @@ def test_s3_round_trip(s3_endpoint: str) -> None:
 
 def test_missing_dataset_and_file_errors(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="catalog.parquet is missing"):
+    with pytest.raises(FileNotFoundError, match=r"catalog\.parquet is missing"):
         read_dataset(storage, "datasets/none")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         storage.read_bytes("nope.bin")
@@ -141,5 +141,5 @@ def test_index_store_publish_and_verify(tmp_path: Path) -> None:
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="vectors.npy"):
+    with pytest.raises(ValueError, match=r"vectors\.npy"):
         store.load_shards(manifest, [entry.name])

@@ -41,6 +41,8 @@ def embed_catalog(cfg: Config, model_version: str, dataset_prefix: str) -> Embed
     ds = ray.data.read_parquet(
         posixpath.join(root, dataset_prefix, "catalog.parquet"), filesystem=fs
     )
+    # A catalogue file is often one block: split it so every actor of the pool gets work.
+    ds = ds.repartition(4 * cfg.index.embed_actors)
     embedded = ds.map_batches(
         CatalogEmbedder,
         fn_constructor_kwargs={
