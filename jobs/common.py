@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vsearch.config import Config
+from vsearch.data.dataset import CatalogDataset
 from vsearch.storage import Storage
 from vsearch.storage.datasets import read_dataset, write_dataset
 
@@ -81,7 +82,8 @@ def ensure_dataset(cfg: Config) -> str:
     return prefix
 
 
-def load_dataset(cfg: Config):
+def load_dataset(cfg: Config) -> CatalogDataset:
+    """The configured dataset, put on storage first if needed."""
     return read_dataset(storage_of(cfg), ensure_dataset(cfg))
 
 
