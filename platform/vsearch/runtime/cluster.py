@@ -16,6 +16,9 @@ WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray Train v2 re-routes worker print() through its logger *and* the console, so each progress
+    # line would reach the driver twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
