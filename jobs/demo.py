@@ -18,7 +18,8 @@ from serve.app import AppArgs, build_app
 from serve.client import SearchClient
 from vsearch.config import Config
 from vsearch.eval.metrics import latency_summary, mean_average_precision, recall_at_k
-from vsearch.eval.retrieval import canonical_ranking
+from vsearch.eval.plots import recall_and_latency_figure
+from vsearch.eval.retrieval import canonical_ranking, recall_curve
 from vsearch.runtime.cluster import free_port, ray_session
 from vsearch.storage.artifacts import new_version
 
@@ -55,6 +56,8 @@ def query_over_http(cfg: Config, client: SearchClient, warmup: int = 3) -> dict[
         "recall_at_10": recall_at_k(ranked, truth, 10),
         "map_at_10": mean_average_precision(ranked, [{t} for t in truth], 10),
         "latency": latency_summary(latencies),
+        "latencies_ms": [round(1000 * t, 3) for t in latencies],
+        "recall_curve": recall_curve(ranked, truth),
         "non_image_upload": {"status": bad.status_code, "detail": bad.json().get("detail")},
     }
 
@@ -82,9 +85,19 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
                 "wall_time_s": round(time.perf_counter() - started, 1),
             }
             _print_report(report)
-            storage_of(cfg).write_text(
-                f"reports/{new_version('demo-')}.json", json.dumps(report, indent=2)
+            name = f"reports/{new_version('demo-')}"
+            storage = storage_of(cfg)
+            storage.write_text(f"{name}.json", json.dumps(report, indent=2))
+            curves = {
+                "untrained (offline)": offline["untrained"].recall_curve,
+                "trained (offline)": offline["trained"].recall_curve,
+                "trained, over HTTP": http["recall_curve"],
+            }
+            figure = recall_and_latency_figure(
+                curves, http["latencies_ms"], f"vsearch demo: model {model_version}"
             )
+            storage.write_bytes(f"{name}.png", figure)
+            print(f"  report: {storage.url(name)}.json and .png")
             if not once:
                 print(
                     f"\nServing at {url}  (POST /search with an image; GET /healthz). Ctrl-C stops."

@@ -55,3 +55,22 @@ def test_duplicate_listing_counts_as_the_product() -> None:
     folded = evaluate_retrieval(query, ["p0"], catalog, meta, {"dup0": "p0"}, shortlist=4)
     assert plain.recall_at_1 == 0.0
     assert folded.recall_at_1 == 1.0
+
+
+def test_recall_curve_is_monotone_and_ends_at_recall_at_10() -> None:
+    rng = np.random.default_rng(1)
+    catalog = rng.normal(size=(30, 16)).astype(np.float32)
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    products = [f"p{i}" for i in range(30)]
+    queries = catalog[:12] + rng.normal(scale=0.6, size=(12, 16)).astype(np.float32)
+    report = evaluate_retrieval(queries, products[:12], catalog, _meta(products, ["a"] * 30))
+    curve = report.recall_curve
+    assert len(curve) == 10 and curve == sorted(curve)
+    assert curve[0] == report.recall_at_1 and curve[-1] == report.recall_at_10
+
+
+def test_report_figure_is_a_png() -> None:
+    from vsearch.eval.plots import recall_and_latency_figure
+
+    png = recall_and_latency_figure({"a": [0.1, 0.5, 0.9]}, [10.0, 12.0, 30.0], "t")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

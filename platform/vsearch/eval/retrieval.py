@@ -31,9 +31,11 @@ class RetrievalReport:
     exact_recall_at_1: float
     exact_recall_at_10: float
     ann_recall_at_10: float
+    #: Recall@K for K = 1..10 through the binary index (for plots).
+    recall_curve: list[float]
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+    def as_dict(self) -> dict[str, float | list[float]]:
+        return {k: v if isinstance(v, list) else float(v) for k, v in asdict(self).items()}
 
 
 def canonical_ranking(
@@ -99,4 +101,12 @@ def evaluate_retrieval(
         exact_recall_at_1=recall_at_k(exact_ranked, truth, 1),
         exact_recall_at_10=recall_at_k(exact_ranked, truth, 10),
         ann_recall_at_10=ann_recall(approx_rows[:, :k_ann], exact_rows[:, :k_ann], k_ann),
+        recall_curve=recall_curve(approx_ranked, truth),
     )
+
+
+def recall_curve(
+    ranked: Sequence[Sequence[str]], truth: Sequence[str], k_max: int = 10
+) -> list[float]:
+    """Recall@K for K = 1..``k_max``."""
+    return [recall_at_k(ranked, truth, k) for k in range(1, k_max + 1)]

@@ -1,0 +1,44 @@
+"""Report figures as PNG bytes (matplotlib, headless). Storage writes them; nothing here does I/O."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from vsearch.eval.metrics import latency_summary
+
+
+def recall_and_latency_figure(
+    curves: Mapping[str, Sequence[float]], latencies_ms: Sequence[float], title: str
+) -> bytes:
+    """Left: Recall@K (K = 1..len) for each named curve. Right: a latency histogram with p50/p99.
+
+    Returns the PNG bytes.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, values in curves.items():
+        ks = list(range(1, len(values) + 1))
+        left.plot(ks, list(values), marker="o", label=name)
+    left.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title="Recall@K, held-out queries")
+    left.set_xticks(range(1, max((len(v) for v in curves.values()), default=1) + 1))
+    left.grid(alpha=0.3)
+    left.legend(loc="lower right")
+    if latencies_ms:
+        summary = latency_summary([ms / 1000 for ms in latencies_ms])
+        p50, p99 = summary["p50_ms"], summary["p99_ms"]
+        right.hist(list(latencies_ms), bins=30, color="#4c72b0")
+        right.axvline(p50, color="black", linestyle="--", label=f"p50 {p50:.1f} ms")
+        right.axvline(p99, color="red", linestyle="--", label=f"p99 {p99:.1f} ms")
+        right.legend()
+    right.set(xlabel="ms per request (client side)", ylabel="requests", title="HTTP latency")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
