@@ -81,6 +81,21 @@ class TrainConfig(_Strict):
     #: Stop after this many seconds of training even if epochs remain (0: no limit).
     time_budget_s: float = Field(0, ge=0)
     seed: int = 0
+    #: Augmentation (``vsearch.imaging.RandomAugment``): "basic" crops, flips and jitters;
+    #: "composite" also pastes white-background catalogue images onto random cluttered scenes
+    #: (measured worse on the synthetic demo at equal images: benchmarks/results/train_quality.md).
+    augment: Literal["basic", "composite"] = "basic"
+    #: Share of white-background images pasted onto a scene per step ("composite" only).
+    paste_prob: float = Field(0.6, ge=0, le=1)
+    #: Label loss over each P x K batch: "batch_hard" triplets (``margin``) or "supcon", the
+    #: supervised contrastive loss (every same-product pair a positive, at ``temperature``).
+    label_loss: Literal["batch_hard", "supcon"] = "supcon"
+    temperature: float = Field(0.1, gt=0, le=1)
+    #: Learning-rate schedule over ``epochs``: linear warm-up, then constant or cosine decay.
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: int = Field(2, ge=0)
+    #: Final learning rate of the cosine schedule, as a fraction of ``lr``.
+    min_lr_ratio: float = Field(0.02, ge=0, le=1)
 
 
 class IndexConfig(_Strict):
@@ -109,7 +124,7 @@ class ServeConfig(_Strict):
     top_k: int = Field(10, ge=1, le=1000)
     max_upload_bytes: int = Field(10_000_000, ge=1)
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
-    max_batch_size: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1, le=32)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 

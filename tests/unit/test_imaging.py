@@ -7,7 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vsearch.imaging import ImageDecodeError, RandomAugment, decode_image, to_tensor
+from vsearch.imaging import (
+    ImageDecodeError,
+    RandomAugment,
+    decode_image,
+    foreground_alpha,
+    random_backgrounds,
+    to_tensor,
+    white_background_mask,
+)
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -97,3 +105,53 @@ def test_augment_is_seeded_and_keeps_shape(photo: np.ndarray) -> None:
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
     assert not torch.allclose(a, x)
+
+
+def _product_on_white(size: int = 48) -> np.ndarray:
+    """A catalogue-style image: a patterned box with a white label, centred on pure white."""
+    img = np.full((size, size, 3), 255, dtype=np.uint8)
+    lo, hi = size // 5, size - size // 5
+    img[lo:hi, lo:hi] = (200, 40, 40)
+    img[lo + 4 : lo + 10, lo + 4 : hi - 4] = 255  # a white label inside the product
+    return img
+
+
+def test_white_background_mask_and_foreground_alpha(photo: np.ndarray) -> None:
+    x = to_tensor([_product_on_white(), photo], 48)
+    assert white_background_mask(x).tolist() == [True, False]
+    alpha = foreground_alpha(x[:1])
+    assert alpha.shape == (1, 1, 48, 48)
+    assert float(alpha[0, 0, 0, 0]) < 0.05  # the white surround is background
+    assert float(alpha[0, 0, 24, 24]) > 0.95  # the product is foreground ...
+    assert float(alpha[0, 0, 9 + 3, 24]) > 0.95  # ... its white label included
+
+
+def test_composite_augment_is_seeded_and_replaces_the_white_background(photo: np.ndarray) -> None:
+    x = to_tensor([_product_on_white()] * 6 + [photo] * 2, 48)
+    aug = RandomAugment(mode="composite", paste_prob=1.0)
+    a = aug(x, torch.Generator().manual_seed(1))
+    b = aug(x, torch.Generator().manual_seed(1))
+    c = aug(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    # The corners of the pasted images are no longer (near) white.
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    corners = a[:6, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (6, 3, 4)
+    far = (corners - white.view(1, 3, 1)).abs().amax(dim=1) > 0.5
+    assert far.float().mean() > 0.8
+    # Nothing is pasted when paste_prob is 0: the corners of a centred product stay light.
+    kept = RandomAugment(mode="composite", paste_prob=0.0)(x[:1], torch.Generator().manual_seed(1))
+    assert torch.isfinite(kept).all()
+
+
+def test_random_backgrounds_are_cluttered_and_seeded() -> None:
+    bg = random_backgrounds(4, 32, torch.Generator().manual_seed(0))
+    assert bg.shape == (4, 3, 32, 32) and float(bg.min()) >= 0 and float(bg.max()) <= 1
+    assert float(bg.std(dim=(2, 3)).mean()) > 0.02
+    torch.testing.assert_close(bg, random_backgrounds(4, 32, torch.Generator().manual_seed(0)))
+
+
+def test_unknown_augment_mode_is_an_error() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        RandomAugment(mode="fancy")

@@ -80,3 +80,14 @@ def test_click_triplets() -> None:
     triplets = mine_click_triplets(query_rows, catalog_rows, sessions)
     assert triplets.tolist() == [[10, 0, 1], [10, 0, 2]]
     assert mine_click_triplets({}, {}, []).shape == (0, 3)
+
+
+def test_supcon_hand_value() -> None:
+    from vsearch.models.losses import SupConLoss
+
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    # Anchors 0 and 1: one positive at similarity 1, one negative at 0 (t = 1):
+    # -log(e^1 / (e^1 + e^0)) = log(1 + e) - 1. Anchor 2 has no positive and is left out.
+    loss = SupConLoss(temperature=1.0)(emb, labels)
+    assert loss.item() == pytest.approx(math.log(1 + math.e) - 1, rel=1e-5)

@@ -1,4 +1,5 @@
-"""Triplet losses with a margin (Kakao, Alibaba): explicit triplets and batch-hard mining.
+"""Metric-learning losses: triplets with a margin (Kakao, Alibaba), explicit or batch-hard mined,
+and the supervised contrastive loss over P x K batches.
 
 Distances are Euclidean between L2-normalised embeddings. Distribution (gathering embeddings across
 workers) is not done here: a caller that wants it passes gathered tensors.
@@ -60,3 +61,37 @@ class BatchHardTripletLoss(nn.Module):
         losses = F.relu(hardest_pos - hardest_neg + self.margin)[valid]
         self.last_active = float((losses > 0).float().mean())
         return losses.mean()
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al.) on L2-normalised ``(n, d)`` embeddings.
+
+    For each anchor with at least one positive, the mean over its positives ``p`` of
+    ``-log(exp(s_ap / t) / sum_{b != a} exp(s_ab / t))``, cosine similarities ``s``. Unlike
+    batch-hard triplets it looks at every pair, so it does not collapse to one point early in
+    training. ``last_active`` is the fraction of anchors whose nearest neighbour in the batch is
+    of another label (the ones batch-hard mining would still call violated).
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.last_active = 0.0
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = len(labels)
+        sim = embeddings @ embeddings.T
+        eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+        pos = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+        logits = (sim / self.temperature).masked_fill(eye, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        has_pos = pos.any(1)
+        if not bool(has_pos.any()):
+            self.last_active = 0.0
+            return embeddings.sum() * 0.0
+        per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1)) / pos.sum(1).clamp(min=1)
+        with torch.no_grad():
+            nearest = sim.masked_fill(eye, float("-inf")).argmax(1)
+            wrong = labels[nearest] != labels
+            self.last_active = float(wrong[has_pos].float().mean())
+        return per_anchor[has_pos].mean()

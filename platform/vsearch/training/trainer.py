@@ -6,6 +6,7 @@ for data parallelism by the caller. Gradients are averaged by that wrapper, not 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from vsearch.config import TrainConfig
 from vsearch.imaging import RandomAugment
-from vsearch.models.losses import BatchHardTripletLoss, TripletMarginLoss
+from vsearch.models.losses import BatchHardTripletLoss, SupConLoss, TripletMarginLoss
 from vsearch.models.miners import PKBatchSampler
 from vsearch.training.dataset import TrainingSet
 
@@ -31,13 +32,16 @@ class EpochStats:
     click_loss: float
     active_fraction: float
     images_per_s: float
+    #: Learning rate at the last step of the epoch.
+    lr: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
 class TripletTrainer:
-    """Trains ``model`` on ``data`` with triplet losses; call ``train_epoch`` once per epoch."""
+    """Trains ``model`` on ``data`` with a label loss (supervised contrastive or batch-hard triplet)
+    plus the click-triplet loss; call ``train_epoch`` once per epoch."""
 
     def __init__(
         self,
@@ -59,14 +63,33 @@ class TripletTrainer:
             rank=rank,
             world_size=world_size,
         )
-        self.label_loss = BatchHardTripletLoss(cfg.margin)
+        self.label_loss: BatchHardTripletLoss | SupConLoss = (
+            SupConLoss(cfg.temperature)
+            if cfg.label_loss == "supcon"
+            else BatchHardTripletLoss(cfg.margin)
+        )
         self.click_loss = TripletMarginLoss(cfg.margin)
-        self.augment = RandomAugment()
+        self.augment = RandomAugment(mode=cfg.augment, paste_prob=cfg.paste_prob)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         # Click triplets per step: half a label batch keeps the two losses comparable in cost.
         self.clicks_per_step = (cfg.products_per_batch * cfg.images_per_product) // 2
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate after ``progress`` epochs (fractional): warm-up, then the schedule.
+
+        A function of the epoch count only, so every rank (and a resumed run) agrees on it.
+        """
+        cfg = self.cfg
+        if cfg.warmup_epochs > 0 and progress < cfg.warmup_epochs:
+            return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        span = max(cfg.epochs - cfg.warmup_epochs, 1)
+        t = min(max((progress - cfg.warmup_epochs) / span, 0.0), 1.0)
+        low = cfg.lr * cfg.min_lr_ratio
+        return low + (cfg.lr - low) * 0.5 * (1 + math.cos(math.pi * t))
 
     def train_epoch(self, epoch: int) -> EpochStats:
         self.model.train()
@@ -77,7 +100,11 @@ class TripletTrainer:
         steps = 0
         images = 0
         start = time.perf_counter()
+        steps_per_epoch = self.sampler.batches_per_rank()
         for batch in self.sampler.epoch(epoch):
+            lr = self.lr_at(epoch + steps / steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             x = self.augment(self.data.images[batch], gen)
             labels = torch.from_numpy(self.data.labels[batch])
             n_label = len(batch)
@@ -113,4 +140,5 @@ class TripletTrainer:
             click_loss=float(mean[2]),
             active_fraction=float(mean[3]),
             images_per_s=images / elapsed if elapsed > 0 else 0.0,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
         )
