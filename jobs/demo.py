@@ -70,9 +70,16 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
         manifest = reindex.main(cfg, model_version)
         offline = evaluate.main(cfg, baseline=True)
         port = cfg.serve.port or free_port(cfg.serve.host)
-        serve.start(http_options={"host": cfg.serve.host, "port": port})
+        # The demo prints its own report: keep Serve's per-request access logs out of it.
+        quiet = {"log_level": "WARNING", "enable_access_log": False}
+        serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=quiet)
         try:
-            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
+            serve.run(
+                build_app(AppArgs(config=cfg.model_dump())),
+                name="vsearch",
+                route_prefix="/",
+                logging_config=quiet,
+            )
             url = f"http://{cfg.serve.host}:{port}"
             client = SearchClient(url)
             client.wait_ready()

@@ -7,15 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vsearch.imaging import (
-    ImageDecodeError,
+from vsearch.augment import (
     RandomAugment,
-    decode_image,
     foreground_alpha,
     random_backgrounds,
-    to_tensor,
     white_background_mask,
 )
+from vsearch.imaging import ImageDecodeError, decode_image, to_tensor
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vsearch.augment import RandomAugment
 from vsearch.config import TrainConfig
-from vsearch.imaging import RandomAugment
 from vsearch.models.losses import BatchHardTripletLoss, SupConLoss, TripletMarginLoss
 from vsearch.models.miners import PKBatchSampler
 from vsearch.training.dataset import TrainingSet
