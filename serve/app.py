@@ -69,6 +69,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         "catalog_images": manifest.total_count,
         "categories": categories,
         "shortlist": cfg.index.shortlist,
+        "top_k": cfg.serve.top_k,
         "max_upload_bytes": cfg.serve.max_upload_bytes,
         "max_pixels": cfg.index.max_pixels,
         "max_side": 4 * artifact.config.input_size,

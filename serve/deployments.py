@@ -144,10 +144,11 @@ class SearchIngress:
     async def search(
         self,
         request: Request,
-        k: int = Query(10, ge=1, le=100, description="products to return"),
+        k: int | None = Query(None, ge=1, le=100, description="products to return"),
         categories: str | None = Query(None, description="comma-separated category filter"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        k = k or self.settings["top_k"]
         data = await self._read_upload(request)
         try:
             image = decode_image(data, self.settings["max_pixels"], self.settings["max_side"])

@@ -121,7 +121,8 @@ class ServeConfig(_Strict):
     port: int = Field(0, ge=0, le=65535)
     #: Shard searcher deployments; shards are spread over them.
     searchers: int = Field(2, ge=1)
-    top_k: int = Field(10, ge=1, le=1000)
+    #: Products returned when a request gives no ``k``.
+    top_k: int = Field(10, ge=1, le=100)
     max_upload_bytes: int = Field(10_000_000, ge=1)
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
     max_batch_size: int = Field(8, ge=1, le=32)

@@ -43,7 +43,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
     store = tmp_path_factory.mktemp("pipeline")
     cfg = load_config(
-        REPO / "configs" / "tiny.yaml", [f"storage={store}", "serve.max_upload_bytes=300000"]
+        REPO / "configs" / "tiny.yaml",
+        [f"storage={store}", "serve.max_upload_bytes=300000", "serve.top_k=3"],
     )
     with ray_session(cfg.ray):
         prefix = generate.main(cfg)
@@ -120,6 +121,16 @@ def test_raw_body_upload_and_category_filter(running: Running) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert {r["category"] for r in resp.json()["results"]} == {category}
+
+
+def test_default_k_comes_from_config(running: Running) -> None:
+    import requests
+
+    data, _ = _query_bytes(running.cfg)
+    resp = requests.post(f"{running.url}/search", data=data, timeout=30)
+    assert resp.status_code == 200
+    assert running.cfg.serve.top_k == 3
+    assert len(resp.json()["results"]) == 3
 
 
 def test_health(client) -> None:
