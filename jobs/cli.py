@@ -26,26 +26,16 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _serve(cfg: Config) -> None:
-    from ray import serve
+    from serve.app import running_service
+    from vsearch.runtime.cluster import ray_session
 
-    from serve.app import AppArgs, build_app
-    from vsearch.runtime.cluster import free_port, ray_session
-
-    with ray_session(cfg.ray):
-        port = cfg.serve.port or free_port(cfg.serve.host)
-        serve.start(http_options={"host": cfg.serve.host, "port": port})
+    with ray_session(cfg.ray), running_service(cfg) as url:
+        print(f"Serving at {url} (POST /search, GET /healthz). Ctrl-C stops.")
         try:
-            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
-            print(
-                f"Serving at http://{cfg.serve.host}:{port} (POST /search, GET /healthz). Ctrl-C stops."
-            )
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        finally:
-            serve.shutdown()
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -10,17 +10,15 @@ import json
 import time
 from typing import Any
 
-from ray import serve
-
 from jobs import evaluate, generate, reindex, train
 from jobs.common import load_dataset, progress, storage_of
-from serve.app import AppArgs, build_app
+from serve.app import running_service
 from serve.client import SearchClient
 from vsearch.config import Config
 from vsearch.eval.metrics import latency_summary, mean_average_precision, recall_at_k
 from vsearch.eval.plots import recall_and_latency_figure
 from vsearch.eval.retrieval import canonical_ranking, recall_curve
-from vsearch.runtime.cluster import free_port, ray_session
+from vsearch.runtime.cluster import ray_session
 from vsearch.storage.artifacts import new_version
 
 
@@ -71,18 +69,8 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
         model_version = train.main(cfg)
         manifest = reindex.main(cfg, model_version)
         offline = evaluate.main(cfg, baseline=True)
-        port = cfg.serve.port or free_port(cfg.serve.host)
         # The demo prints its own report: keep Serve's per-request access logs out of it.
-        quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=quiet)
-        try:
-            serve.run(
-                build_app(AppArgs(config=cfg.model_dump())),
-                name="vsearch",
-                route_prefix="/",
-                logging_config=quiet,
-            )
-            url = f"http://{cfg.serve.host}:{port}"
+        with running_service(cfg, quiet=True) as url:
             client = SearchClient(url)
             client.wait_ready()
             http = query_over_http(cfg, client)
@@ -118,8 +106,6 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
                 except KeyboardInterrupt:
                     print("stopping")
             return report
-        finally:
-            serve.shutdown()
 
 
 def _print_report(report: dict[str, Any]) -> None:

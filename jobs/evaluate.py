@@ -21,16 +21,19 @@ from vsearch.storage import IndexStore, ModelStore, Storage
 from vsearch.storage.images import read_images
 
 
-def embed_urls(
-    storage: Storage, artifact: ModelArtifact, urls: list[str], max_pixels: int, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(n_ok, d)`` embeddings of the readable ``urls`` and the ``(n,) bool`` mask of those."""
-    input_size = artifact.config.input_size
+def read_urls(
+    storage: Storage, urls: list[str], max_pixels: int, max_side: int, desc: str
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The readable images of ``urls`` (shrunk to ``max_side``) and the ``(n,) bool`` mask of them."""
     with progress(len(urls), desc, "img") as bar:
-        images, _ = read_images(storage, urls, max_pixels, 4 * input_size, bar.update)
+        images, _ = read_images(storage, urls, max_pixels, max_side, bar.update)
     ok = np.asarray([img is not None for img in images], dtype=bool)
-    embedder = Embedder(artifact.build(), input_size)
-    return embedder.embed([img for img in images if img is not None]), ok
+    return [img for img in images if img is not None], ok
+
+
+def embed(artifact: ModelArtifact, images: list[np.ndarray]) -> np.ndarray:
+    """``(n, d) float32`` embeddings of decoded images with ``artifact``'s network."""
+    return Embedder(artifact.build(), artifact.config.input_size).embed(images)
 
 
 def canonical_products(ds: CatalogDataset) -> dict[str, str]:
@@ -56,8 +59,12 @@ def main(cfg: Config, baseline: bool = True) -> dict[str, RetrievalReport]:
     catalog_vectors = np.concatenate([s.vectors for s in shards])
     catalog_meta = pa.concat_tables([s.meta.select(list(META_COLUMNS)) for s in shards])
     _, artifact = ModelStore(storage).load(manifest.model_version)
+    untrained = initial_artifact(cfg.model) if baseline else None
+    # Photos are read once, at a size that suits both networks.
+    sizes = [artifact.config.input_size] + ([untrained.config.input_size] if untrained else [])
+    max_side = 4 * max(sizes)
     urls = queries["image_uri"].to_pylist()
-    q_vecs, ok = embed_urls(storage, artifact, urls, cfg.index.max_pixels, "embedding queries")
+    q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, max_side, "reading queries")
     products = [p for p, good in zip(queries["product_id"].to_pylist(), ok, strict=True) if good]
     canonical = canonical_products(ds)
     args = {
@@ -66,18 +73,26 @@ def main(cfg: Config, baseline: bool = True) -> dict[str, RetrievalReport]:
     }
     reports = {
         "trained": evaluate_retrieval(
-            q_vecs, products, catalog_vectors, catalog_meta, canonical, **args
+            embed(artifact, q_images), products, catalog_vectors, catalog_meta, canonical, **args
         )
     }
-    if baseline:
-        untrained = initial_artifact(cfg.model)
-        cat_urls = ds.catalog["image_uri"].to_pylist()
-        c_vecs, c_ok = embed_urls(
-            storage, untrained, cat_urls, cfg.index.max_pixels, "baseline: catalogue"
+    if untrained is not None:
+        c_images, c_ok = read_urls(
+            storage,
+            ds.catalog["image_uri"].to_pylist(),
+            cfg.index.max_pixels,
+            max_side,
+            "baseline: reading catalogue",
         )
-        b_vecs, _ = embed_urls(storage, untrained, urls, cfg.index.max_pixels, "baseline: queries")
         meta = ds.catalog.filter(pa.array(c_ok)).select(list(META_COLUMNS))
-        reports["untrained"] = evaluate_retrieval(b_vecs, products, c_vecs, meta, canonical, **args)
+        reports["untrained"] = evaluate_retrieval(
+            embed(untrained, q_images),
+            products,
+            embed(untrained, c_images),
+            meta,
+            canonical,
+            **args,
+        )
     rows: dict[str, object] = {
         "index version": manifest.version,
         "model version": manifest.model_version,

@@ -6,13 +6,17 @@ call it directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from ray import serve
 from ray.serve import Application
 
 from serve.deployments import QueryEmbedder, ResultReranker, SearchIngress, ShardSearcher
 from vsearch.config import Config, load_config
+from vsearch.runtime.cluster import free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
 
 
@@ -75,3 +79,25 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         "max_side": 4 * artifact.config.input_size,
     }
     return SearchIngress.bind(embedder, searchers, ResultReranker.bind(), settings)
+
+
+@contextmanager
+def running_service(cfg: Config, quiet: bool = False) -> Iterator[str]:
+    """Start Serve on ``cfg.serve.host`` (port ``cfg.serve.port``, or a free one), run the search
+    app for the published index, yield its base URL, and shut Serve down afterwards.
+
+    Needs a Ray session. ``quiet`` turns off per-request access logs (for reports on stdout).
+    """
+    port = cfg.serve.port or free_port(cfg.serve.host)
+    logging_config = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
+    serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=logging_config)
+    try:
+        serve.run(
+            build_app(AppArgs(config=cfg.model_dump())),
+            name="vsearch",
+            route_prefix="/",
+            logging_config=logging_config,
+        )
+        yield f"http://{cfg.serve.host}:{port}"
+    finally:
+        serve.shutdown()

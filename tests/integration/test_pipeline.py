@@ -33,12 +33,10 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    from ray import serve
-
     from jobs import generate, reindex, train
-    from serve.app import AppArgs, build_app
+    from serve.app import running_service
     from serve.client import SearchClient
-    from vsearch.runtime.cluster import free_port, ray_session
+    from vsearch.runtime.cluster import ray_session
     from vsearch.storage import Storage, read_dataset
 
     store = tmp_path_factory.mktemp("pipeline")
@@ -55,15 +53,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         first = train.main(one_epoch, run_name="resume-me")
         resumed = train.main(cfg, run_name="resume-me")
         manifest = reindex.main(cfg, resumed)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
-            serve.run(build_app(AppArgs(config=cfg.model_dump())), name="vsearch", route_prefix="/")
-            url = f"http://127.0.0.1:{port}"
+        with running_service(cfg) as url:
             SearchClient(url).wait_ready()
             yield Running(cfg, manifest, url, first, resumed, ds.catalog.num_rows)
-        finally:
-            serve.shutdown()
 
 
 @pytest.fixture
