@@ -29,10 +29,11 @@ from vsearch.config import ModelConfig, SyntheticConfig, TrainConfig
 from vsearch.data.synthetic import generate_synthetic
 from vsearch.eval.retrieval import evaluate_retrieval
 from vsearch.imaging import decode_image
-from vsearch.models.artifact import initial_artifact
+from vsearch.models.artifact import build_network
 from vsearch.models.embedder import Embedder
+from vsearch.models.registry import backbone_spec
 from vsearch.runtime.embedding import META_COLUMNS
-from vsearch.training import TrainingSet, TripletTrainer
+from vsearch.training import MetricTrainer, TrainingSet
 
 # The settings before this benchmark (constant lr, white-fill crop/flip/jitter augmentation).
 _BEFORE: dict[str, Any] = {
@@ -68,11 +69,18 @@ def _demo_configs(overrides: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     from vsearch.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    model = cfg.model.model_copy(update=overrides.get("model", {}))
+    # This benchmark trains the built-in CNN end to end: the demo's fallback network.
+    base = cfg.model.model_copy(update={"arch": cfg.model.fallback_arch, "head_hidden": 0})
+    model = base.model_copy(update=overrides.get("model", {}))
     train = cfg.train.model_copy(update=overrides.get("train", {}))
     return ModelConfig.model_validate(model.model_dump()), TrainConfig.model_validate(
         train.model_dump()
     )
+
+
+def _network(model_cfg: ModelConfig, data: TrainingSet) -> torch.nn.Module:
+    torch.manual_seed(model_cfg.seed)
+    return build_network(model_cfg, len(data.category_names))
 
 
 class Bench:
@@ -90,12 +98,13 @@ class Bench:
         )
 
     def training_set(self, input_size: int) -> TrainingSet:
+        spec = backbone_spec("cnn_small", input_size)
         return TrainingSet.from_tables(
-            self.ds.catalog, self.train_q, self.ds.clicks, self.decoded, input_size
+            self.ds.catalog, self.train_q, self.ds.clicks, self.decoded, spec.preprocess
         )
 
     def evaluate(self, model: torch.nn.Module, input_size: int) -> dict[str, float]:
-        emb = Embedder(model, input_size)
+        emb = Embedder(model)
         cat = emb.embed([self.decoded[u] for u in self.ds.catalog["image_uri"].to_pylist()])
         q = emb.embed([self.decoded[u] for u in self.test["image_uri"].to_pylist()])
         meta = self.ds.catalog.select(list(META_COLUMNS))
@@ -110,7 +119,7 @@ class Bench:
 def _images_per_s(bench: Bench, model_cfg: ModelConfig, train_cfg: TrainConfig) -> float:
     """Throughput of a throwaway copy of the variant over two epochs (the first warms up)."""
     data = bench.training_set(model_cfg.input_size)
-    trainer = TripletTrainer(initial_artifact(model_cfg).build(), train_cfg, data)
+    trainer = MetricTrainer(_network(model_cfg, data), train_cfg, data)
     trainer.train_epoch(0)
     start = time.perf_counter()
     stats = trainer.train_epoch(1)
@@ -124,7 +133,7 @@ def _images_per_s(bench: Bench, model_cfg: ModelConfig, train_cfg: TrainConfig) 
 def run_variant(bench: Bench, name: str, budget_s: float, epochs: int | None) -> dict[str, Any]:
     model_cfg, train_cfg = _demo_configs(VARIANTS[name])
     data = bench.training_set(model_cfg.input_size)
-    per_epoch = TripletTrainer(initial_artifact(model_cfg).build(), train_cfg, data)
+    per_epoch = MetricTrainer(_network(model_cfg, data), train_cfg, data)
     per_epoch_images = per_epoch.sampler.batches_per_rank() * (
         train_cfg.products_per_batch * train_cfg.images_per_product
         + (3 * per_epoch.clicks_per_step if train_cfg.click_weight > 0 else 0)
@@ -134,8 +143,8 @@ def run_variant(bench: Bench, name: str, budget_s: float, epochs: int | None) ->
         ips = _images_per_s(bench, model_cfg, train_cfg)
         epochs = max(1, math.floor(budget_s * ips / per_epoch_images))
     train_cfg = train_cfg.model_copy(update={"epochs": epochs, "time_budget_s": 0})
-    model = initial_artifact(model_cfg).build()
-    trainer = TripletTrainer(model, train_cfg, data)
+    model = _network(model_cfg, data)
+    trainer = MetricTrainer(model, train_cfg, data)
     start = time.perf_counter()
     stats = None
     for epoch in range(epochs):
@@ -166,7 +175,8 @@ def main() -> None:
     for seed in args.seed:
         bench = Bench(seed)
         model_cfg, _ = _demo_configs({})
-        untrained = bench.evaluate(initial_artifact(model_cfg).build(), model_cfg.input_size)
+        data = bench.training_set(model_cfg.input_size)
+        untrained = bench.evaluate(_network(model_cfg, data), model_cfg.input_size)
         rows.append({"seed": seed, "variant": "untrained", **untrained})
         print(rows[-1], flush=True)
         for name in args.variants:

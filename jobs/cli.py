@@ -1,7 +1,7 @@
 """``vsearch``: one entry point with a subcommand per job.
 
     vsearch demo [--once]        generate -> train -> reindex -> evaluate -> serve -> report
-    vsearch generate|train|reindex|evaluate
+    vsearch generate|mine|train|reindex|evaluate
     vsearch serve                serve the published index until Ctrl-C
     vsearch search --url URL photo.jpg
 
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run the whole path and report")
     demo.add_argument("--once", action="store_true", help="exit after the report")
     sub.add_parser("generate", parents=[common], help="put the configured dataset on storage")
-    train = sub.add_parser("train", parents=[common], help="train the embedder (Ray Train)")
+    sub.add_parser("mine", parents=[common], help="mine click-log triplets (Ray Data)")
+    train = sub.add_parser("train", parents=[common], help="train the search network (Ray Train)")
     train.add_argument("--run-name", help="resume/continue this training run")
     reindex = sub.add_parser("reindex", parents=[common], help="embed + index + publish")
     reindex.add_argument("--model-version", help="model to index with (default: latest)")
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import generate
 
         generate.main(cfg)
+    elif args.command == "mine":
+        from jobs import mine
+
+        mine.main(cfg)
     elif args.command == "train":
         from jobs import train
 

@@ -82,6 +82,38 @@ def ensure_dataset(cfg: Config) -> str:
     return prefix
 
 
+def resolve_backbone(cfg: Config) -> tuple[Config, bytes | None]:
+    """The config to train with and its frozen backbone's bytes (None for torch backbones).
+
+    When an ONNX backbone's file cannot be read: ``model.if_backbone_missing="fallback"`` switches
+    to ``model.fallback_arch`` (trained from scratch) and says so; "error" stops with the reason.
+    """
+    from vsearch.models.registry import backend_of
+
+    if backend_of(cfg.model.arch) != "onnx":
+        return cfg, None
+    url = cfg.model.backbone_url
+    problem = "model.backbone_url is not set"
+    if url:
+        try:
+            return cfg, storage_of(cfg).read_bytes(url)
+        except OSError as exc:
+            problem = f"cannot read {url}: {exc}"
+    if cfg.model.if_backbone_missing == "error":
+        raise FileNotFoundError(
+            f"{cfg.model.arch} needs its ONNX file: {problem} "
+            "(set model.backbone_url, or model.if_backbone_missing=fallback)"
+        )
+    print(
+        f"notice: {cfg.model.arch} backbone unavailable ({problem}); falling back to the built-in "
+        f"{cfg.model.fallback_arch} network trained from scratch",
+        file=sys.stderr,
+        flush=True,
+    )
+    fallback = cfg.model.model_copy(update={"arch": cfg.model.fallback_arch})
+    return cfg.model_copy(update={"model": fallback}), None
+
+
 def load_dataset(cfg: Config) -> CatalogDataset:
     """The configured dataset, put on storage first if needed."""
     return read_dataset(storage_of(cfg), ensure_dataset(cfg))

@@ -77,7 +77,7 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
             report = {
                 "model_version": model_version,
                 "index_version": manifest.version,
-                "offline": {name: r.as_dict() for name, r in offline.items()},
+                "offline": offline,
                 "http": http,
                 "wall_time_s": round(time.perf_counter() - started, 1),
             }
@@ -85,9 +85,10 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
             name = f"reports/{new_version('demo-')}"
             storage = storage_of(cfg)
             storage.write_text(f"{name}.json", json.dumps(report, indent=2))
+            base_name, base = _baseline(offline)
             curves = {
-                "untrained (offline)": offline["untrained"].recall_curve,
-                "trained (offline)": offline["trained"].recall_curve,
+                f"{base_name} (offline)": base["recall_curve"],
+                "trained (offline)": offline["photo_to_catalog"]["recall_curve"],
                 "trained, over HTTP": http["recall_curve"],
             }
             figure = recall_and_latency_figure(
@@ -108,16 +109,27 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
             return report
 
 
+def _baseline(offline: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The reference column: pooled maps of a frozen backbone, or the untrained network."""
+    if "baseline_pooled_backbone" in offline:
+        return "pooled backbone", offline["baseline_pooled_backbone"]["photo_to_catalog"]
+    return "untrained", offline["baseline_untrained"]["photo_to_catalog"]
+
+
 def _print_report(report: dict[str, Any]) -> None:
-    trained, untrained = report["offline"]["trained"], report["offline"]["untrained"]
+    offline = report["offline"]
+    trained = offline["photo_to_catalog"]
+    base_name, base = _baseline(offline)
     http, lat = report["http"], report["http"]["latency"]
     print("\n== vsearch demo report ==")
-    print(f"  model {report['model_version']}, index {report['index_version']}")
+    print(
+        f"  model {report['model_version']} ({offline['backbone']}), index {report['index_version']}"
+    )
     print(
         f"  {int(trained['queries'])} held-out real-shot queries against "
         f"{int(trained['catalog_images'])} catalogue images\n"
     )
-    print(f"  {'offline (in-process)':38s} {'untrained':>10s} {'trained':>10s}")
+    print(f"  {'offline (in-process)':38s} {base_name:>16s} {'trained':>10s}")
     for key, label in (
         ("recall_at_1", "Recall@1, binary index + rescore"),
         ("recall_at_10", "Recall@10, binary index + rescore"),
@@ -126,7 +138,15 @@ def _print_report(report: dict[str, Any]) -> None:
         ("exact_recall_at_10", "Recall@10, exact float search"),
         ("ann_recall_at_10", "binary index recall@10 vs exact"),
     ):
-        print(f"  {label:38s} {untrained[key]:10.3f} {trained[key]:10.3f}")
+        shown = f"{base[key]:16.3f}" if key in base else f"{'':16s}"
+        print(f"  {label:38s} {shown} {trained[key]:10.3f}")
+    cat = offline["category"]
+    print(
+        f"  {'category top-1 model / search / fused':38s} "
+        f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
+    )
+    if "box" in offline:
+        print(f"  {'subject box IoU':38s} {'':16s} {offline['box']['iou']:10.3f}")
     print(
         f"\n  served over HTTP (trained model), {http['queries']} queries, "
         f"{http['failed_requests']} failed"

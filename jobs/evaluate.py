@@ -1,23 +1,40 @@
-"""Job: offline retrieval quality of the published index on held-out query photos.
+"""Job: offline quality of the published index and its model on held-out query photos.
 
-Reports Recall@1/@10 and mAP@10 through the binary index and by exact float search, the binary
-index's recall against exact search, and, for reference, the same figures for the untrained
-network (``baseline=True``).
+Two protocols, through the same network code as the service:
+- photo -> catalogue: the eval split's photos searched in the published index (binary shortlist +
+  float rescore) and by exact float search, Recall@1/5/10 and mAP@10 at product level;
+- photo -> train photos: the eval split's photos against the train split's photos (exact search).
+Category accuracy (coarse: model head, kNN vote of catalogue hits, fused; fine: proxies, search),
+box IoU where the photos have subject boxes, and baselines: pooled maps of a frozen backbone, or
+the untrained network. Writes ``reports/evaluate-<time>.json``, ``.md`` and a Recall@K ``.png``.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
-from jobs.common import load_dataset, print_summary, progress, storage_of
+from jobs.common import dataset_prefix, load_dataset, print_summary, progress, storage_of
 from vsearch.config import Config
 from vsearch.data.dataset import CatalogDataset
-from vsearch.eval.retrieval import RetrievalReport, evaluate_retrieval
-from vsearch.models.artifact import ModelArtifact, initial_artifact
-from vsearch.models.embedder import Embedder
+from vsearch.eval.metrics import exact_topk
+from vsearch.eval.plots import recall_figure
+from vsearch.eval.quality import (
+    box_iou_mean,
+    category_report,
+    photo_to_photo,
+    quality_markdown,
+)
+from vsearch.eval.retrieval import evaluate_retrieval
+from vsearch.models.artifact import initial_artifact
+from vsearch.models.embedder import Embedder, Prediction
+from vsearch.rank.fusion import predict_categories
 from vsearch.runtime.embedding import META_COLUMNS
 from vsearch.storage import IndexStore, ModelStore, Storage
+from vsearch.storage.artifacts import new_version
 from vsearch.storage.images import read_images
 
 
@@ -29,11 +46,6 @@ def read_urls(
         images, _ = read_images(storage, urls, max_pixels, max_side, bar.update)
     ok = np.asarray([img is not None for img in images], dtype=bool)
     return [img for img in images if img is not None], ok
-
-
-def embed(artifact: ModelArtifact, images: list[np.ndarray]) -> np.ndarray:
-    """``(n, d) float32`` embeddings of decoded images with ``artifact``'s network."""
-    return Embedder(artifact.build(), artifact.config.input_size).embed(images)
 
 
 def canonical_products(ds: CatalogDataset) -> dict[str, str]:
@@ -49,7 +61,32 @@ def canonical_products(ds: CatalogDataset) -> dict[str, str]:
     )
 
 
-def main(cfg: Config, baseline: bool = True) -> dict[str, RetrievalReport]:
+def _pooled(maps: np.ndarray) -> np.ndarray:
+    pooled = np.asarray(maps, dtype=np.float32).mean(axis=(2, 3))
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+def _train_gallery(cfg: Config, ds: CatalogDataset, embedder: Embedder, backbone: bytes | None):
+    """Predictions (and, for a frozen backbone, pooled maps) of the train split's photos."""
+    from jobs.train import cache_maps
+
+    train = ds.queries_of("train")
+    uris = train["image_uri"].to_pylist()
+    if backbone is not None:
+        from vsearch.storage.feature_cache import FeatureCache
+
+        cache_id, cached = cache_maps(cfg, uris, backbone, "feature maps (train photos)")
+        maps = FeatureCache(storage_of(cfg), cache_id).read(cached.keys.values())
+        ok = np.asarray([u in cached.keys and cached.keys[u] in maps for u in uris])
+        stack = np.stack([maps[cached.keys[u]] for u, good in zip(uris, ok, strict=True) if good])
+        return embedder.predict_maps(stack), _pooled(stack), train.filter(pa.array(ok))
+    side = 4 * embedder.input_size
+    images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
+    return embedder.predict(images), None, train.filter(pa.array(ok))
+
+
+def main(cfg: Config, baseline: bool = True) -> dict[str, Any]:
+    """Evaluate; return the report (also written under ``reports/``)."""
     storage = storage_of(cfg)
     ds = load_dataset(cfg)
     queries = ds.queries_of(cfg.data.eval_split)
@@ -58,51 +95,150 @@ def main(cfg: Config, baseline: bool = True) -> dict[str, RetrievalReport]:
     shards = store.load_shards(manifest)
     catalog_vectors = np.concatenate([s.vectors for s in shards])
     catalog_meta = pa.concat_tables([s.meta.select(list(META_COLUMNS)) for s in shards])
-    _, artifact = ModelStore(storage).load(manifest.model_version)
-    untrained = initial_artifact(cfg.model) if baseline else None
-    # Photos are read once, at a size that suits both networks.
-    sizes = [artifact.config.input_size] + ([untrained.config.input_size] if untrained else [])
-    max_side = 4 * max(sizes)
+    models = ModelStore(storage)
+    _, artifact = models.load(manifest.model_version)
+    backbone = models.backbone_bytes(artifact)
+    embedder = artifact.embedder(backbone)
+    frozen = backbone is not None
     urls = queries["image_uri"].to_pylist()
-    q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, max_side, "reading queries")
-    products = [p for p, good in zip(queries["product_id"].to_pylist(), ok, strict=True) if good]
+    side = 4 * embedder.input_size
+    q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, side, "reading queries")
+    queries = queries.filter(pa.array(ok))
+    # The service's path: backbone maps, then the heads (one forward pass).
+    q_maps = embedder.feature_maps(q_images)
+    pred: Prediction = embedder.predict_maps(q_maps)
+    products = queries["product_id"].to_pylist()
     canonical = canonical_products(ds)
     args = {
         "shortlist": cfg.index.shortlist,
         "buckets_per_category": cfg.index.buckets_per_category,
     }
-    reports = {
-        "trained": evaluate_retrieval(
-            embed(artifact, q_images), products, catalog_vectors, catalog_meta, canonical, **args
-        )
+    p2c = evaluate_retrieval(
+        pred.embeddings, products, catalog_vectors, catalog_meta, canonical, **args
+    )
+    report: dict[str, Any] = {
+        "index_version": manifest.version,
+        "model_version": manifest.model_version,
+        "backbone": artifact.config.arch + (" (frozen)" if frozen else ""),
+        "dataset": dataset_prefix(cfg),
+        "eval_split": cfg.data.eval_split,
+        "queries": int(ok.sum()),
+        "unreadable_queries": int((~ok).sum()),
+        "photo_to_catalog": p2c.as_dict(),
     }
-    if untrained is not None:
+    # Category: the vote runs over the catalogue hits, as in the service.
+    k = min(cfg.category.vote_neighbours, len(catalog_vectors))
+    sims, rows = exact_topk(pred.embeddings, catalog_vectors, k)
+    cat_of_row = catalog_meta["category"].to_pylist()
+    product_of_row = catalog_meta["product_id"].to_pylist()
+    _, vote = predict_categories(
+        pred.category_probs,
+        sims,
+        [[cat_of_row[r] for r in row] for row in rows],
+        artifact.categories,
+        cfg.category.fusion_weight,
+        cfg.category.vote_temperature,
+    )
+    report["category"] = category_report(
+        queries["category"].to_pylist(),
+        artifact.categories,
+        pred.category_probs,
+        vote,
+        cfg.category.fusion_weight,
+        fine_truth=[canonical.get(p, p) for p in products],
+        fine_search=[canonical.get(product_of_row[r[0]], product_of_row[r[0]]) for r in rows],
+    )
+    boxes = queries["box"].to_pylist()
+    if any(b is not None for b in boxes):
+        report["box"] = {"iou": box_iou_mean(pred.boxes, boxes, [img.shape for img in q_images])}
+    has_train = "train" in set(ds.queries["split"].to_pylist())
+    curves = {"photo -> catalogue": p2c.recall_curve}
+    if has_train and cfg.data.eval_split != "train":
+        g_pred, g_pooled, g_rows = _train_gallery(cfg, ds, embedder, backbone)
+        g_products = g_rows["product_id"].to_pylist()
+        report["photo_to_train"] = photo_to_photo(
+            pred.embeddings, products, g_pred.embeddings, g_products
+        )
+        curves["photo -> train photos"] = report["photo_to_train"]["recall_curve"]
+        if g_pooled is not None and baseline:
+            c_images, c_ok = read_urls(
+                storage,
+                ds.catalog["image_uri"].to_pylist(),
+                cfg.index.max_pixels,
+                side,
+                "baseline: catalogue",
+            )
+            c_pooled = _pooled(embedder.feature_maps(c_images))
+            c_products = ds.catalog.filter(pa.array(c_ok))["product_id"].to_pylist()
+            q_pooled = _pooled(q_maps)
+            report["baseline_pooled_backbone"] = {
+                "photo_to_catalog": photo_to_photo(
+                    q_pooled, products, c_pooled, c_products, canonical
+                ),
+                "photo_to_train": photo_to_photo(q_pooled, products, g_pooled, g_products),
+            }
+    if baseline and not frozen:
+        untrained = initial_artifact(artifact.config, artifact.categories).embedder()
         c_images, c_ok = read_urls(
             storage,
             ds.catalog["image_uri"].to_pylist(),
             cfg.index.max_pixels,
-            max_side,
-            "baseline: reading catalogue",
+            side,
+            "baseline: catalogue",
         )
         meta = ds.catalog.filter(pa.array(c_ok)).select(list(META_COLUMNS))
-        reports["untrained"] = evaluate_retrieval(
-            embed(untrained, q_images),
-            products,
-            embed(untrained, c_images),
-            meta,
-            canonical,
-            **args,
-        )
+        report["baseline_untrained"] = {
+            "photo_to_catalog": evaluate_retrieval(
+                untrained.embed(q_images),
+                products,
+                untrained.embed(c_images),
+                meta,
+                canonical,
+                **args,
+            ).as_dict()
+        }
+    name = f"reports/{new_version('evaluate-')}"
+    storage.write_text(f"{name}.json", json.dumps(report, indent=2))
+    storage.write_text(f"{name}.md", quality_markdown(report))
+    storage.write_bytes(
+        f"{name}.png", recall_figure(curves, f"vsearch evaluate: {manifest.model_version}")
+    )
+    report["report_url"] = storage.url(name)
+    _print(report)
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
     rows: dict[str, object] = {
-        "index version": manifest.version,
-        "model version": manifest.model_version,
-        "eval split": cfg.data.eval_split,
-        "queries": int(ok.sum()),
-        "unreadable queries": int((~ok).sum()),
+        "index / model": f"{report['index_version']} / {report['model_version']}",
+        "backbone": report["backbone"],
+        "eval split (queries)": f"{report['eval_split']} ({report['queries']})",
     }
-    for name, report in reports.items():
-        for key, value in report.as_dict().items():
-            if key not in ("queries", "catalog_images"):
-                rows[f"{name}: {key}"] = value
+    p2c = report["photo_to_catalog"]
+    rows["photo -> catalogue R@1 / R@10 (index)"] = (
+        f"{p2c['recall_at_1']:.3f} / {p2c['recall_at_10']:.3f}"
+    )
+    rows["photo -> catalogue R@1 (exact)"] = p2c["exact_recall_at_1"]
+    rows["binary index recall@10 vs exact"] = p2c["ann_recall_at_10"]
+    if "photo_to_train" in report:
+        p2t = report["photo_to_train"]
+        rows["photo -> train photos R@1 / R@10"] = (
+            f"{p2t['recall_at_1']:.3f} / {p2t['recall_at_10']:.3f}"
+        )
+    cat = report["category"]
+    rows["category top-1 model / search / fused"] = (
+        f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
+    )
+    if "box" in report:
+        rows["subject box IoU"] = report["box"]["iou"]
+    for key in ("baseline_pooled_backbone", "baseline_untrained"):
+        if key in report:
+            b = report[key]
+            label = "pooled frozen backbone" if key.endswith("backbone") else "untrained network"
+            rows[f"baseline ({label}) photo -> catalogue R@1"] = b["photo_to_catalog"][
+                "recall_at_1"
+            ]
+            if "photo_to_train" in b:
+                rows[f"baseline ({label}) photo -> train R@1"] = b["photo_to_train"]["recall_at_1"]
+    rows["report"] = report["report_url"] + ".json / .md / .png"
     print_summary("evaluate", rows)
-    return reports

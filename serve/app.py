@@ -76,7 +76,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         "top_k": cfg.serve.top_k,
         "max_upload_bytes": cfg.serve.max_upload_bytes,
         "max_pixels": cfg.index.max_pixels,
-        "max_side": 4 * artifact.config.input_size,
+        "max_side": 4 * artifact.spec.input_size,
     }
     return SearchIngress.bind(embedder, searchers, ResultReranker.bind(), settings)
 

@@ -20,7 +20,6 @@ from ray.serve.handle import DeploymentHandle
 
 from vsearch.imaging import ImageDecodeError, decode_image
 from vsearch.index.searcher import Hit, ShardedIndex
-from vsearch.models.embedder import Embedder
 from vsearch.rank.rerank import Reranker
 from vsearch.storage import IndexStore, ModelStore, Storage
 
@@ -37,8 +36,8 @@ class QueryEmbedder:
         self, storage_root: str, storage_options: dict, model_version: str, batch: dict
     ) -> None:
         torch.set_num_threads(1)
-        _, artifact = ModelStore(Storage(storage_root, storage_options)).load(model_version)
-        self.embedder = Embedder(artifact.build(), artifact.config.input_size)
+        store = ModelStore(Storage(storage_root, storage_options))
+        self.embedder = store.load_embedder(model_version)
         self.embed_batch.set_max_batch_size(batch["max_batch_size"])
         self.embed_batch.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
 

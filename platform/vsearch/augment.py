@@ -182,7 +182,23 @@ class RandomAugment:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         return (out - mean) * contrast + mean + brightness
 
+    def with_boxes(
+        self, x: torch.Tensor, boxes: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment ``x`` and move its subject ``boxes`` ``(n, 4)`` (fractions ``x0, y0, x1, y1``;
+        NaN rows unknown) with it: each box becomes the bounding box of its transformed corners,
+        clipped to the frame. ``composite`` mode returns NaN boxes (the paste moves the subject)."""
+        if self.mode != "basic":
+            return self._composite(x, generator), torch.full_like(boxes, float("nan"))
+        out, theta = self._basic_with_theta(x, generator)
+        return out, transform_boxes(boxes, theta)
+
     def _basic(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self._basic_with_theta(x, generator)[0]
+
+    def _basic_with_theta(
+        self, x: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         sx, sy = self._crop_scales(n, generator)
         theta = self._theta(n, sx, sy, generator)
@@ -190,7 +206,7 @@ class RandomAugment:
         # Fill outside the source with the normalised value of white (catalogue backgrounds).
         white = _white(x.dtype)
         out = F.grid_sample(x - white, grid, "bilinear", "zeros", align_corners=False) + white
-        return self._brightness_contrast(out, generator)
+        return self._brightness_contrast(out, generator), theta
 
     def _composite(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, size = x.shape[0], x.shape[-1]
@@ -252,3 +268,18 @@ class RandomAugment:
         out = out + blur * (soft - out)
         noise = torch.randn(out.shape, generator=generator) * (0.025 * rand(n, 1, 1, 1)) / STD
         return out + noise
+
+
+def transform_boxes(boxes: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Boxes ``(n, 4)`` (fractions of the source) seen through ``affine_grid`` matrices ``theta``
+    ``(n, 2, 3)`` (output -> source, in [-1, 1] coordinates): the bounding boxes of the mapped
+    corners in the output, clipped to [0, 1]. NaN rows stay NaN."""
+    x0, y0, x1, y1 = (2 * boxes[:, i] - 1 for i in range(4))
+    corners = torch.stack(
+        [torch.stack([x0, y0]), torch.stack([x1, y0]), torch.stack([x0, y1]), torch.stack([x1, y1])]
+    ).permute(2, 1, 0)  # (n, 2, 4)
+    a, t = theta[:, :, :2], theta[:, :, 2:]
+    out = torch.linalg.solve(a, corners - t)  # source = a @ output + t
+    lo, hi = out.amin(dim=2), out.amax(dim=2)
+    mapped = torch.cat([lo, hi], dim=1)
+    return ((mapped + 1) / 2).clamp(0, 1)

@@ -54,13 +54,37 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The embedder network."""
+    """The search network: a backbone (by name) and the heads on its feature map."""
 
-    #: Registered architecture name (see ``vsearch.models.registry``).
+    #: Backbone name (``vsearch.models.registry``): "cnn_tiny" / "cnn_small" (plain torch, trained
+    #: end to end) or "xception_onnx" (frozen ImageNet backbone; only the heads train).
     arch: str = "cnn_small"
+    #: Where an ONNX backbone's file is: a path or any storage URL. Unused for torch backbones.
+    backbone_url: str | None = None
+
+    @field_validator("backbone_url")
+    @classmethod
+    def _absolute_backbone(cls, value: str | None) -> str | None:
+        # Like ``storage``: a relative path is relative to where the config was loaded.
+        if value is None or "://" in value:
+            return value
+        return "file://" + os.path.abspath(value)
+
+    #: What to do when an ONNX backbone's file is missing: "error", or "fallback" to
+    #: ``fallback_arch`` (trained from scratch) with a printed notice.
+    if_backbone_missing: Literal["error", "fallback"] = "error"
+    fallback_arch: str = "cnn_small"
     embed_dim: int = Field(128, ge=8)
-    #: Side of the square network input, in pixels.
+    #: Side of the square network input, in pixels (ONNX backbones fix their own).
     input_size: int = Field(64, ge=16)
+    #: Localisation branch: predicted box -> soft sigmoid mask -> masked pooling.
+    localise: bool = True
+    #: Steepness of the soft box mask's sigmoids, per unit of image side.
+    mask_steepness: float = Field(20.0, gt=0)
+    #: Hidden width of the projection MLP (0: a linear projection).
+    head_hidden: int = Field(0, ge=0)
+    #: Dropout in the projection (training only).
+    dropout: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
 
 
@@ -87,15 +111,59 @@ class TrainConfig(_Strict):
     augment: Literal["basic", "composite"] = "basic"
     #: Share of white-background images pasted onto a scene per step ("composite" only).
     paste_prob: float = Field(0.6, ge=0, le=1)
-    #: Label loss over each P x K batch: "batch_hard" triplets (``margin``) or "supcon", the
-    #: supervised contrastive loss (every same-product pair a positive, at ``temperature``).
-    label_loss: Literal["batch_hard", "supcon"] = "supcon"
+    #: Label loss over each P x K batch: triplets (``margin``) mined "batch_hard", "semi_hard" or
+    #: "distance_weighted", or "supcon", the supervised contrastive loss (every same-product pair
+    #: a positive, at ``temperature``).
+    label_loss: Literal["batch_hard", "semi_hard", "distance_weighted", "supcon"] = "supcon"
     temperature: float = Field(0.1, gt=0, le=1)
     #: Learning-rate schedule over ``epochs``: linear warm-up, then constant or cosine decay.
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: int = Field(2, ge=0)
     #: Final learning rate of the cosine schedule, as a fraction of ``lr``.
     min_lr_ratio: float = Field(0.02, ge=0, le=1)
+    #: Weights of the other losses: category cross-entropy, normalised-softmax over one proxy
+    #: per product (0: no proxies), and box regression where the data has subject boxes.
+    category_weight: float = Field(0.5, ge=0)
+    proxy_weight: float = Field(0.0, ge=0)
+    box_weight: float = Field(1.0, ge=0)
+    #: In each P x K batch, this many of a product's K items are its catalogue image (when it has
+    #: one): bridges the shopper-photo -> catalogue gap when photos outnumber catalogue images.
+    catalog_per_product: int = Field(0, ge=0)
+
+
+class MiningConfig(_Strict):
+    """Click-log triplet mining (the mine job): how noisy sessions are treated, how many negatives.
+
+    A session (one ``query_id``) with several distinct clicked products is ambiguous: the shopper
+    may have compared, or mis-clicked. "drop" leaves out sessions with more than ``max_clicks``
+    clicks, "downweight" keeps them with every triplet weighted ``1 / clicks``, "keep" keeps them
+    at weight 1.
+    """
+
+    multi_click: Literal["drop", "downweight", "keep"] = "drop"
+    max_clicks: int = Field(1, ge=1)
+    #: Random products of other categories added per click as "easy" negatives.
+    easy_negatives: int = Field(2, ge=0)
+    seed: int = 0
+    #: How Ray Data groups the log by session: "sort" (pull-based sort shuffle: plain tasks, the
+    #: cheaper start-up) or "hash" (an aggregator actor pool), into ``partitions`` partitions
+    #: (None: Ray Data's default).
+    shuffle: Literal["sort", "hash"] = "sort"
+    partitions: int | None = Field(None, ge=1)
+    #: Ray Data actors mining session groups (each holds the product -> category map).
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+
+
+class CategoryConfig(_Strict):
+    """Category prediction: the category head's softmax fused with a kNN vote of search hits."""
+
+    #: Weight of the model in the fusion (1: model only, 0: vote only); tune it on a split you
+    #: do not report (``vsearch evaluate`` prints the accuracy of every weight).
+    fusion_weight: float = Field(0.5, ge=0, le=1)
+    #: Neighbours that vote, and the softmax temperature of their similarity weights.
+    vote_neighbours: int = Field(10, ge=1)
+    vote_temperature: float = Field(0.05, gt=0)
 
 
 class IndexConfig(_Strict):
@@ -141,12 +209,14 @@ class Config(_Strict):
     """Root configuration of every job, the service and the demo."""
 
     #: Root URL of all artefacts (datasets, models, indexes, checkpoints): file://, memory:// or s3://.
-    storage: str = "var"
+    storage: str = Field("var", validate_default=True)
     #: Extra options passed to the fsspec filesystem (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
     storage_options: dict[str, Any] = {}
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    mine: MiningConfig = MiningConfig()
+    category: CategoryConfig = CategoryConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
     ray: RayConfig = RayConfig()

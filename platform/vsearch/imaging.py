@@ -78,11 +78,17 @@ def decode_image(
     return array
 
 
-def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
+def to_tensor(
+    images: list[np.ndarray],
+    size: int,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> torch.Tensor:
     """Resize each ``(H, W, 3) uint8`` image to ``size``x``size`` and normalise.
 
-    Returns ``(n, 3, size, size) float32``. Images of different sizes are resized one by one
-    (antialiased bilinear), then stacked.
+    Returns ``(n, 3, size, size) float32``: RGB in [0, 1], minus ``mean``, over ``std`` (ImageNet's
+    ``MEAN`` and ``STD`` when None). Images of different sizes are resized one by one (antialiased
+    bilinear, aspect not kept), then stacked.
     """
     if not images:
         return torch.empty(0, 3, size, size)
@@ -93,4 +99,6 @@ def to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
             t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True)
         out.append(t)
     batch = torch.cat(out).clamp_(0, 1)
-    return (batch - MEAN) / STD
+    m = MEAN if mean is None else torch.tensor(mean).view(1, 3, 1, 1)
+    s = STD if std is None else torch.tensor(std).view(1, 3, 1, 1)
+    return (batch - m) / s

@@ -22,7 +22,9 @@ def _jpeg(colour: tuple[int, int, int]) -> bytes:
 
 def test_embeds_good_images_and_reports_bad_ones(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
-    ModelStore(storage).save(initial_artifact(ModelConfig(arch="cnn_tiny", embed_dim=16)), "m1")
+    ModelStore(storage).save(
+        initial_artifact(ModelConfig(arch="cnn_tiny", embed_dim=16), ["c"]), "m1"
+    )
     storage.write_bytes("ds/red.jpg", _jpeg((255, 0, 0)))
     storage.write_bytes("ds/blue.jpg", _jpeg((0, 0, 255)))
     storage.write_bytes("ds/corrupt.jpg", _jpeg((0, 255, 0))[:100])

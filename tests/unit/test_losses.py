@@ -91,3 +91,78 @@ def test_supcon_hand_value() -> None:
     # -log(e^1 / (e^1 + e^0)) = log(1 + e) - 1. Anchor 2 has no positive and is left out.
     loss = SupConLoss(temperature=1.0)(emb, labels)
     assert loss.item() == pytest.approx(math.log(1 + math.e) - 1, rel=1e-5)
+
+
+def _line(xs: list[float]) -> torch.Tensor:
+    """Points on the x axis, ``(n, 2)``: distances are differences of the listed numbers."""
+    return torch.tensor([[x, 0.0] for x in xs])
+
+
+def test_semi_hard_hand_values() -> None:
+    from vsearch.models.losses import SemiHardTripletLoss
+
+    emb = _line([0.0, 1.0, 1.2, 0.4, 3.0])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    # margin 0.5; (anchor, positive): d_ap, negatives' distances -> chosen negative -> loss
+    # (0,1): 1.0, negs {2: 1.2, 3: 0.4, 4: 3.0}; band (1.0, 1.5) holds 1.2 -> 0.3
+    # (1,0): 1.0, negs {0.2, 0.6, 2.0}; band (1.0, 1.5) empty -> hardest 0.2 -> 1.3
+    # (2,3): 0.8, negs {0: 1.2, 1: 0.2}; band (0.8, 1.3) holds 1.2 -> 0.1
+    # (2,4): 1.8, band (1.8, 2.3) empty -> hardest 0.2 -> 2.1
+    # (3,2): 0.8, negs {0: 0.4, 1: 0.6}; band (0.8, 1.3) empty -> hardest 0.4 -> 0.9
+    # (3,4): 2.6 -> hardest 0.4 -> 2.7
+    # (4,2): 1.8, negs {0: 3.0, 1: 2.0}; band (1.8, 2.3) holds 2.0 -> 0.3
+    # (4,3): 2.6, band (2.6, 3.1) holds 3.0 -> 0.1
+    expected = (0.3 + 1.3 + 0.1 + 2.1 + 0.9 + 2.7 + 0.3 + 0.1) / 8
+    loss_fn = SemiHardTripletLoss(margin=0.5)
+    assert loss_fn(emb, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert loss_fn.last_active == 1.0
+    assert loss_fn.last_triplets.tolist() == [
+        [0, 1, 2], [1, 0, 2], [2, 3, 0], [2, 4, 1], [3, 2, 0], [3, 4, 0], [4, 2, 1], [4, 3, 0]
+    ]  # fmt: skip
+
+
+def test_semi_hard_counts_satisfied_pairs_as_inactive() -> None:
+    from vsearch.models.losses import SemiHardTripletLoss
+
+    emb = _line([0.0, 0.1, 5.0, 5.1, 0.3])
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    # Six label-0 pairs, all with d_ap <= 0.3 and negatives >= 4.7 away: no loss.
+    # Label-1 pairs (2,3), (3,2): d_ap 0.1, hardest negative 4.7 / 4.8 away: no loss.
+    loss_fn = SemiHardTripletLoss(margin=0.5)
+    assert loss_fn(emb, labels).item() == 0.0
+    assert loss_fn.last_active == 0.0 and len(loss_fn.last_triplets) == 8
+
+
+def test_batch_hard_records_its_triplets() -> None:
+    emb = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    loss_fn = BatchHardTripletLoss(margin=0.5)
+    loss_fn(emb, torch.tensor([0, 0, 1, 1]))
+    assert loss_fn.last_triplets.tolist() == [[0, 1, 2], [1, 0, 2], [2, 3, 0], [3, 2, 0]]
+
+
+@pytest.mark.parametrize("name", ["batch_hard", "semi_hard", "distance_weighted", "supcon"])
+def test_make_label_loss_gives_scalar_with_grad(name: str) -> None:
+    from vsearch.models.losses import make_label_loss
+
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1).requires_grad_(True)
+    labels = torch.arange(4).repeat_interleave(2)
+    loss_fn = make_label_loss(name, margin=0.2, temperature=0.1)
+    loss = loss_fn(emb, labels)
+    assert loss.shape == () and loss.item() > 0
+    assert 0.0 <= loss_fn.last_active <= 1.0
+    loss.backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all()
+    # Without any positive pair every loss is a zero that still has a gradient path.
+    emb.grad = None
+    zero = loss_fn(emb, torch.arange(8))
+    assert zero.item() == 0.0 and loss_fn.last_active == 0.0
+    zero.backward()
+    assert emb.grad is not None
+
+
+def test_make_label_loss_rejects_unknown_names() -> None:
+    from vsearch.models.losses import make_label_loss
+
+    with pytest.raises(ValueError, match="unknown label loss"):
+        make_label_loss("hardest", 0.2, 0.1)

@@ -1,40 +1,104 @@
+"""Backbones behind one contract, the heads (soft box mask), the network and the artifact."""
+
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
 from vsearch.config import ModelConfig
-from vsearch.models import available_models, create_model
-from vsearch.models.artifact import ModelArtifact, initial_artifact
+from vsearch.models import available_backbones, backbone_spec, create_backbone
+from vsearch.models.artifact import ModelArtifact, build_network, initial_artifact, sha256_hex
+from vsearch.models.heads import SearchHead, soft_box_mask
+from vsearch.models.losses import SupConLoss
 
 
 def test_registry_lists_and_rejects() -> None:
-    assert {"cnn_tiny", "cnn_small"} <= set(available_models())
-    with pytest.raises(ValueError, match="unknown model 'nope'"):
-        create_model("nope", 16)
+    assert {"cnn_tiny", "cnn_small", "xception_onnx"} <= set(available_backbones())
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        create_backbone("nope", 32)
+    with pytest.raises(ValueError, match="model bytes are needed"):
+        create_backbone("xception_onnx", 224)
+
+
+def test_registry_imports_no_model_module() -> None:
+    code = (
+        "import sys, vsearch.models.registry as r; r.available_backbones(); "
+        "print(any(m in sys.modules for m in "
+        "('vsearch.models.backbones', 'vsearch.models.onnx_backbone')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_specs_declare_the_contract() -> None:
+    tiny = backbone_spec("cnn_tiny", 32)
+    assert (tiny.backend, tiny.channels, tiny.grid, tiny.trainable) == ("torch", 32, 4, True)
+    x = backbone_spec("xception_onnx", 64)  # ONNX graphs fix their own input size
+    assert (x.input_size, x.channels, x.grid, x.trainable) == (224, 2048, 7, False)
+    assert x.mean == (0.5, 0.5, 0.5) and x.std == (0.5, 0.5, 0.5)  # pixel / 127.5 - 1
+    img = np.full((10, 12, 3), 255, np.uint8)
+    assert torch.allclose(x.preprocess([img]), torch.ones(1, 3, 224, 224))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        backbone_spec("cnn_tiny", 36)
 
 
 @pytest.mark.parametrize("name", ["cnn_tiny", "cnn_small"])
-def test_embeddings_are_normalised(name: str) -> None:
-    model = create_model(name, 24).eval()
-    out = model(torch.randn(3, 3, 32, 32))
-    assert out.shape == (3, 24)
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+def test_network_outputs_are_consistent(name: str) -> None:
+    cfg = ModelConfig(arch=name, embed_dim=24, input_size=32)
+    net = build_network(cfg, categories=3, products=5).eval()
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.embedding.shape == (2, 24) and out.box.shape == (2, 4)
+    assert out.category_logits.shape == (2, 3) and out.product_logits.shape == (2, 5)
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(2))
+    assert bool((out.box[:, 2:] > out.box[:, :2]).all())
+
+
+def test_soft_box_mask_is_a_soft_crop() -> None:
+    box = torch.tensor([[0.25, 0.0, 0.75, 0.5]])
+    hard = soft_box_mask(box, grid=8, steepness=200.0)[0, 0]
+    expected = torch.zeros(8, 8)
+    expected[0:4, 2:6] = 1
+    torch.testing.assert_close(hard, expected, atol=1e-3, rtol=0)
+    soft = soft_box_mask(box, grid=8, steepness=5.0)[0, 0]
+    assert float(soft.min()) > 0 and float(soft.max()) < 1
+    assert float(soft[1, 3]) > float(soft[6, 3])
+
+
+def test_metric_loss_alone_reaches_the_box_head() -> None:
+    torch.manual_seed(0)
+    head = SearchHead(channels=16, embed_dim=8, categories=0, localise=True, steepness=10.0)
+    fmap = torch.randn(8, 16, 5, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    loss = SupConLoss(0.1)(head(fmap).embedding, labels)
+    loss.backward()
+    grads = [p.grad for p in head.localiser.parameters()]
+    assert all(g is not None for g in grads)
+    assert float(sum(g.abs().sum() for g in grads)) > 0
+    off = SearchHead(channels=16, embed_dim=8, localise=False)
+    assert off.localiser is None
+    torch.testing.assert_close(off(fmap).box, torch.tensor([[0.0, 0, 1, 1]]).expand(8, 4))
 
 
 def test_artifact_round_trip_gives_identical_outputs() -> None:
     cfg = ModelConfig(arch="cnn_tiny", embed_dim=16, input_size=32, seed=3)
-    art = initial_artifact(cfg)
+    art = initial_artifact(cfg, ["a", "b"], ["p1", "p2", "p3"])
     art.info["epochs_done"] = 0
     again = ModelArtifact.from_bytes(art.to_bytes())
     assert again.config == cfg and again.info == {"epochs_done": 0}
+    assert again.categories == ["a", "b"] and again.products == ["p1", "p2", "p3"]
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(art.build()(x), again.build()(x))
+    a, b = art.build()(x), again.build()(x)
+    for left, right in zip(a, b, strict=True):
+        torch.testing.assert_close(left, right)
 
 
 def test_initial_artifact_is_seeded() -> None:
     cfg = ModelConfig(arch="cnn_tiny", embed_dim=16, seed=5)
-    a, b = initial_artifact(cfg), initial_artifact(cfg)
+    a, b = initial_artifact(cfg, ["c"]), initial_artifact(cfg, ["c"])
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
@@ -45,3 +109,51 @@ def test_artifact_rejects_unknown_format() -> None:
     torch.save({"format": 99}, buf)
     with pytest.raises(ValueError, match="format 99"):
         ModelArtifact.from_bytes(buf.getvalue())
+
+
+def _tiny_onnx() -> bytes:
+    """A 3 -> 2048-channel, stride-32 convolution on 224 px: Xception's shape, in a few KB."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(
+        rng.normal(size=(2048, 3, 32, 32)).astype(np.float32) * 0.01, "w"
+    )
+    conv = helper.make_node("Conv", ["image", "w"], ["conv"], strides=[32, 32])
+    relu = helper.make_node("Relu", ["conv"], ["feature_map"])
+    graph = helper.make_graph(
+        [conv, relu],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, ["batch", 2048, 7, 7])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_onnx_backbone_runs_frozen_and_is_verified() -> None:
+    pytest.importorskip("onnx")
+    data = _tiny_onnx()
+    backbone = create_backbone("xception_onnx", 224, data)
+    fmap = backbone(torch.randn(2, 3, 224, 224))
+    assert fmap.shape == (2, 2048, 7, 7) and bool((fmap >= 0).all())
+    cfg = ModelConfig(arch="xception_onnx", embed_dim=16, head_hidden=32)
+    art = initial_artifact(cfg, ["a", "b"], backbone_bytes=data)
+    assert art.backbone_sha256 == sha256_hex(data)
+    assert not any(k.startswith("backbone") for k in art.state_dict)  # heads only
+    embedder = ModelArtifact.from_bytes(art.to_bytes()).embedder(data)
+    pred = embedder.predict([np.zeros((50, 40, 3), np.uint8), np.full((30, 30, 3), 200, np.uint8)])
+    assert pred.embeddings.shape == (2, 16) and pred.category_probs.shape == (2, 2)
+    np.testing.assert_allclose(pred.category_probs.sum(1), 1.0, rtol=1e-5)
+    maps = embedder.feature_maps([np.zeros((50, 40, 3), np.uint8)])
+    np.testing.assert_allclose(
+        embedder.predict_maps(maps).embeddings[0], pred.embeddings[0], rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="refusing a different backbone"):
+        art.build(data + b"x")
+    with pytest.raises(ValueError, match="pass its bytes"):
+        art.build()
+    with pytest.raises(ValueError, match="ONNX backbone"):
+        initial_artifact(cfg, ["a"])

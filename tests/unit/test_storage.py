@@ -95,7 +95,7 @@ def test_model_store_versions(tmp_path: Path) -> None:
     store = ModelStore(Storage(str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="vsearch train"):
         store.latest()
-    art = initial_artifact(ModelConfig(arch="cnn_tiny", embed_dim=16))
+    art = initial_artifact(ModelConfig(arch="cnn_tiny", embed_dim=16), ["c"])
     v1 = store.save(art, "m1")
     v2 = store.save(art, "m2")
     assert (v1, v2) == ("m1", "m2") and store.latest() == "m2"

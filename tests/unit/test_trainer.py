@@ -1,4 +1,4 @@
-"""``TripletTrainer``: it learns on a tiny synthetic catalogue, its schedule and its losses."""
+"""``MetricTrainer``: it learns on a tiny synthetic catalogue, its schedule and its losses."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 from vsearch.config import ModelConfig, SyntheticConfig, TrainConfig
 from vsearch.data.synthetic import generate_synthetic
 from vsearch.imaging import decode_image
-from vsearch.models.artifact import initial_artifact
+from vsearch.models.artifact import build_network
 from vsearch.models.embedder import Embedder
 from vsearch.models.losses import SupConLoss
-from vsearch.training import TrainingSet, TripletTrainer
+from vsearch.models.registry import backbone_spec
+from vsearch.training import MetricTrainer, TrainingSet
 from vsearch.training.trainer import EpochStats
 
 SMALL = SyntheticConfig(
@@ -24,6 +25,11 @@ SMALL = SyntheticConfig(
     duplicates=0,
 )
 MODEL = ModelConfig(arch="cnn_tiny", embed_dim=32, input_size=32)
+SPEC = backbone_spec(MODEL.arch, MODEL.input_size)
+
+
+def _network(train_set: TrainingSet) -> torch.nn.Module:
+    return build_network(MODEL, len(train_set.category_names))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def data() -> tuple[TrainingSet, dict[str, np.ndarray], object]:
     decoded = {uri: decode_image(b) for uri, b in gen.images.items()}
     train_q = ds.queries_of("train")
     return (
-        TrainingSet.from_tables(ds.catalog, train_q, ds.clicks, decoded, MODEL.input_size),
+        TrainingSet.from_tables(ds.catalog, train_q, ds.clicks, decoded, SPEC.preprocess),
         decoded,
         ds,
     )
@@ -41,7 +47,7 @@ def data() -> tuple[TrainingSet, dict[str, np.ndarray], object]:
 
 def _train_recall(model: torch.nn.Module, decoded: dict[str, np.ndarray], ds: object) -> float:
     """Recall@1 of the train-split views against the catalogue images."""
-    emb = Embedder(model, MODEL.input_size)
+    emb = Embedder(model)
     cat = emb.embed([decoded[u] for u in ds.catalog["image_uri"].to_pylist()])
     q_rows = ds.queries_of("train")
     q = emb.embed([decoded[u] for u in q_rows["image_uri"].to_pylist()])
@@ -53,7 +59,7 @@ def test_a_few_epochs_reduce_the_loss_and_improve_train_recall(data) -> None:
     train_set, decoded, ds = data
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = initial_artifact(MODEL).build()
+    model = _network(train_set)
     before = _train_recall(model, decoded, ds)
     cfg = TrainConfig(
         epochs=24,
@@ -62,7 +68,7 @@ def test_a_few_epochs_reduce_the_loss_and_improve_train_recall(data) -> None:
         lr=3e-3,
         warmup_epochs=1,
     )
-    trainer = TripletTrainer(model, cfg, train_set)
+    trainer = MetricTrainer(model, cfg, train_set)
     stats = [trainer.train_epoch(e) for e in range(cfg.epochs)]
     first = np.mean([s.label_loss for s in stats[:3]])
     last = np.mean([s.label_loss for s in stats[-3:]])
@@ -81,7 +87,7 @@ def test_training_is_deterministic_per_seed(data, overrides: dict) -> None:
     losses = []
     for _ in range(2):
         torch.manual_seed(0)
-        trainer = TripletTrainer(initial_artifact(MODEL).build(), cfg, train_set)
+        trainer = MetricTrainer(_network(train_set), cfg, train_set)
         losses.append([trainer.train_epoch(e).loss for e in range(2)])
     assert losses[0] == losses[1]
 
@@ -89,14 +95,14 @@ def test_training_is_deterministic_per_seed(data, overrides: dict) -> None:
 def test_lr_schedule_warms_up_then_decays(data) -> None:
     train_set, _, _ = data
     cfg = TrainConfig(epochs=10, lr=1e-3, warmup_epochs=2, min_lr_ratio=0.1)
-    trainer = TripletTrainer(initial_artifact(MODEL).build(), cfg, train_set)
+    trainer = MetricTrainer(_network(train_set), cfg, train_set)
     lrs = [trainer.lr_at(p) for p in np.linspace(0, 10, 41)]
     peak = int(np.argmax(lrs))
     assert lrs[0] < 1e-5 and lrs[peak] == pytest.approx(1e-3)
     assert np.all(np.diff(lrs[: peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) <= 0)
     assert lrs[-1] == pytest.approx(1e-4)
-    flat = TripletTrainer(
-        initial_artifact(MODEL).build(),
+    flat = MetricTrainer(
+        _network(train_set),
         cfg.model_copy(update={"lr_schedule": "constant", "warmup_epochs": 0}),
         train_set,
     )
@@ -121,5 +127,5 @@ def test_supcon_prefers_separated_labels() -> None:
 
 
 def test_epoch_stats_as_dict_has_floats() -> None:
-    stats = EpochStats(1, 2, 0.5, 0.4, 0.1, 0.9, 100.0)
+    stats = EpochStats(1, 2, 0.5, 0.4, 0.1, 0.0, 0.0, 0.9, 100.0)
     assert stats.as_dict()["lr"] == 0.0

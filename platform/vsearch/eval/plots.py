@@ -42,3 +42,18 @@ def recall_and_latency_figure(
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def recall_figure(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """Recall@K (K = 1..len) for each named curve, as PNG bytes."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), list(values), marker="o", label=name)
+    ax.set(xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,6 +1,17 @@
-"""Networks, losses and the model artifact. Architectures are created by name from the registry."""
+"""Backbones behind one contract, the heads on their feature maps, losses and the model artifact.
 
-from vsearch.models.embedder import Embedder
-from vsearch.models.registry import available_models, create_model, register_model
+Backbones are created by name from the registry (``vsearch.models.registry``).
+"""
 
-__all__ = ["Embedder", "available_models", "create_model", "register_model"]
+from vsearch.models.embedder import Embedder, Prediction
+from vsearch.models.encoder import EncoderSpec
+from vsearch.models.registry import available_backbones, backbone_spec, create_backbone
+
+__all__ = [
+    "Embedder",
+    "EncoderSpec",
+    "Prediction",
+    "available_backbones",
+    "backbone_spec",
+    "create_backbone",
+]

@@ -1,48 +1,136 @@
-"""The versioned model artifact: architecture, weights and training facts, as bytes.
+"""The versioned model artifact (format 2): backbone, preprocessing, heads, categories, weights and
+the facts of its training, as bytes.
 
-Storage writes the bytes; nothing here touches files.
+Storage writes the bytes; nothing here touches files. A frozen ONNX backbone's bytes travel
+separately (they are large and shared by many versions): the artifact records their sha256, and
+``build`` refuses bytes that do not match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from vsearch.config import ModelConfig
-from vsearch.models.registry import create_model
+from vsearch.models.embedder import Embedder
+from vsearch.models.encoder import EncoderSpec
+from vsearch.models.heads import SearchHead
+from vsearch.models.network import SearchNetwork
+from vsearch.models.registry import backbone_spec, backend_of, create_backbone
+
+FORMAT = 2
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_network(
+    config: ModelConfig, categories: int, products: int = 0, backbone_bytes: bytes | None = None
+) -> SearchNetwork:
+    """A freshly initialised ``SearchNetwork`` for ``config`` with a ``categories``-way head and
+    ``products`` proxies (0: none)."""
+    backbone = (
+        create_backbone(config.arch, config.input_size, backbone_bytes)
+        if backend_of(config.arch) == "torch" or backbone_bytes is not None
+        else None
+    )
+    spec = backbone.spec if backbone is not None else backbone_spec(config.arch, config.input_size)
+    head = SearchHead(
+        spec.channels,
+        config.embed_dim,
+        categories,
+        localise=config.localise,
+        steepness=config.mask_steepness,
+        hidden=config.head_hidden,
+        dropout=config.dropout,
+        products=products,
+    )
+    return SearchNetwork(spec, head, backbone)
 
 
 @dataclass
 class ModelArtifact:
-    """A trained (or initial) embedder: ``config`` rebuilds the network, ``state_dict`` fills it."""
+    """A trained (or initial) search network.
+
+    ``config`` rebuilds it, ``categories`` names the category head's outputs, ``products`` the
+    training products of its proxies (empty: no proxies), ``state_dict`` fills
+    it (the heads only when the backbone is frozen), ``backbone_sha256`` identifies the frozen
+    backbone's bytes (None for torch backbones). ``info`` holds JSON-friendly facts: training
+    config, data fingerprint, metrics, time.
+    """
 
     config: ModelConfig
+    categories: list[str]
+    products: list[str]
     state_dict: dict[str, torch.Tensor]
-    #: Facts about how it was made (epochs, losses, dataset, time): JSON-friendly values only.
+    backbone_sha256: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_model(
-        cls, model: nn.Module, config: ModelConfig, info: dict[str, Any] | None = None
-    ) -> ModelArtifact:
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return cls(config=config, state_dict=state, info=dict(info or {}))
+    @property
+    def spec(self) -> EncoderSpec:
+        return backbone_spec(self.config.arch, self.config.input_size)
 
-    def build(self) -> nn.Module:
-        """A fresh network with these weights, in eval mode."""
-        model = create_model(self.config.arch, self.config.embed_dim)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
+    @property
+    def needs_backbone_bytes(self) -> bool:
+        return self.backbone_sha256 is not None
+
+    @classmethod
+    def from_network(
+        cls,
+        network: SearchNetwork,
+        config: ModelConfig,
+        categories: list[str],
+        products: list[str],
+        backbone_sha256: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> ModelArtifact:
+        state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        return cls(
+            config, list(categories), list(products), state, backbone_sha256, dict(info or {})
+        )
+
+    def build(self, backbone_bytes: bytes | None = None, heads_only: bool = False) -> SearchNetwork:
+        """The network with these weights, in eval mode.
+
+        A frozen backbone needs its ``backbone_bytes`` (checked against ``backbone_sha256``)
+        unless ``heads_only``, which gives a network that runs on feature maps alone.
+        """
+        if self.needs_backbone_bytes and not heads_only:
+            if backbone_bytes is None:
+                raise ValueError(f"model uses the ONNX backbone {self.config.arch}: pass its bytes")
+            digest = sha256_hex(backbone_bytes)
+            if digest != self.backbone_sha256:
+                raise ValueError(
+                    f"backbone bytes have sha256 {digest[:12]}..., the model was trained on "
+                    f"{self.backbone_sha256[:12]}...: refusing a different backbone"
+                )
+        network = build_network(
+            self.config,
+            len(self.categories),
+            len(self.products),
+            None if heads_only else backbone_bytes,
+        )
+        network.load_state_dict(self.state_dict)
+        return network.eval()
+
+    def embedder(self, backbone_bytes: bytes | None = None, batch_size: int = 32) -> Embedder:
+        """An ``Embedder`` over ``build(backbone_bytes)``."""
+        return Embedder(self.build(backbone_bytes), self.categories, batch_size)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         payload = {
-            "format": 1,
+            "format": FORMAT,
             "config": self.config.model_dump(),
+            "spec": self.spec.as_dict(),
+            "categories": self.categories,
+            "products": self.products,
+            "backbone_sha256": self.backbone_sha256,
             "state_dict": self.state_dict,
             "info": self.info,
         }
@@ -52,16 +140,36 @@ class ModelArtifact:
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelArtifact:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if payload.get("format") != 1:
-            raise ValueError(f"unsupported model artifact format {payload.get('format')!r}")
+        if payload.get("format") != FORMAT:
+            raise ValueError(
+                f"unsupported model artifact format {payload.get('format')!r} (this version "
+                f"reads format {FORMAT}; retrain with `vsearch train`)"
+            )
         return cls(
             config=ModelConfig.model_validate(payload["config"]),
+            categories=list(payload["categories"]),
+            products=list(payload["products"]),
             state_dict=payload["state_dict"],
+            backbone_sha256=payload["backbone_sha256"],
             info=payload["info"],
         )
 
 
-def initial_artifact(config: ModelConfig) -> ModelArtifact:
-    """The untrained network for ``config``, seeded by ``config.seed`` (the baseline of reports)."""
+def initial_artifact(
+    config: ModelConfig,
+    categories: list[str],
+    products: list[str] | None = None,
+    backbone_bytes: bytes | None = None,
+) -> ModelArtifact:
+    """The untrained network for ``config``, seeded by ``config.seed`` (the baseline of reports).
+
+    With a frozen backbone its heads are random too; report rows for "frozen backbone, no
+    training" use pooled feature maps instead (``vsearch.eval``).
+    """
     torch.manual_seed(config.seed)
-    return ModelArtifact.from_model(create_model(config.arch, config.embed_dim), config, {})
+    products = list(products or [])
+    network = build_network(config, len(categories), len(products))
+    digest = sha256_hex(backbone_bytes) if backbone_bytes is not None else None
+    if backend_of(config.arch) == "onnx" and digest is None:
+        raise ValueError(f"{config.arch} is an ONNX backbone: its bytes are needed")
+    return ModelArtifact.from_network(network, config, categories, products, digest)

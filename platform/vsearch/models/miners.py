@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -57,17 +57,26 @@ class PKBatchSampler:
                 yield np.concatenate(picks).astype(np.int64)
 
 
+def hard_negatives(shown: Iterable[Sequence[str]], clicked: Iterable[str]) -> list[str]:
+    """The shown-but-not-clicked products of one search session: the union of its ``shown``
+    lists, in first-shown order, each once, without any product of ``clicked``."""
+    not_negative = set(clicked)
+    return [p for p in dict.fromkeys(p for ids in shown for p in ids) if p not in not_negative]
+
+
 def mine_click_triplets(
     query_rows: Mapping[str, int],
     catalog_rows: Mapping[str, int],
     sessions: Sequence[tuple[str, Sequence[str], str]],
 ) -> np.ndarray:
-    """Triplets from search sessions (Alibaba's click mining).
+    """Triplets of training-image rows from single clicks (Alibaba's click mining).
 
-    ``sessions`` are ``(query_image_uri, shown_product_ids, clicked_product_id)``; ``query_rows``
-    maps a query image URI and ``catalog_rows`` a product id to a row of the training images.
-    Each shown-but-not-clicked product gives one triplet (query, clicked product's image, shown
-    product's image). Sessions whose query or clicked product has no row are skipped.
+    ``sessions`` are ``(query_image_uri, shown_product_ids, clicked_product_id)``, each taken as a
+    one-click session; ``query_rows`` maps a query image URI and ``catalog_rows`` a product id to a
+    row of the training images. Each shown-but-not-clicked product (``hard_negatives``) gives one
+    triplet (query, clicked product's image, shown product's image). Sessions whose query or
+    clicked product has no row are skipped, and so are negatives without a row. The multi-click
+    policies and easy negatives of the mine job are in ``vsearch.training.click_mining``.
     Returns ``(t, 3) int64``.
     """
     triplets: list[tuple[int, int, int]] = []
@@ -76,8 +85,8 @@ def mine_click_triplets(
         positive = catalog_rows.get(clicked)
         if anchor is None or positive is None:
             continue
-        for other in shown:
+        for other in hard_negatives([shown], [clicked]):
             negative = catalog_rows.get(other)
-            if other != clicked and negative is not None:
+            if negative is not None:
                 triplets.append((anchor, positive, negative))
     return np.asarray(triplets, dtype=np.int64).reshape(-1, 3)

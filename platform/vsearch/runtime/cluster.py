@@ -29,6 +29,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def quiet_ray_data() -> None:
+    """Jobs show their own progress bars and summaries: turn off Ray Data's progress output (in a
+    log file it becomes a block of INFO lines every 10 s) and its notice that it is off."""
+    import logging
+
+    from ray.data import DataContext
+    from ray.util import log_once
+
+    DataContext.get_current().enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")  # marks the notice as already shown
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 @contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Run the body inside Ray; start it (and shut it down after) unless already initialised.
@@ -52,6 +65,7 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory
     ray.init(**kwargs)
+    quiet_ray_data()
     try:
         yield
     finally:

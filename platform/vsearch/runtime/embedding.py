@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsearch.models.embedder import Embedder
 from vsearch.storage.artifacts import ModelStore
 from vsearch.storage.datasets import resolve_uri
 from vsearch.storage.fs import Storage
@@ -37,14 +36,13 @@ class CatalogEmbedder:
     ) -> None:
         torch.set_num_threads(1)
         self.storage = Storage(storage_root, storage_options)
-        _, artifact = ModelStore(self.storage).load(model_version)
-        self.embedder = Embedder(artifact.build(), artifact.config.input_size)
+        self.embedder = ModelStore(self.storage).load_embedder(model_version)
         self.dataset_prefix = dataset_prefix
         self.max_pixels = max_pixels
 
     def _load(self, uri: str) -> tuple[np.ndarray | None, str]:
         url = resolve_uri(self.storage, self.dataset_prefix, uri)
-        return read_image(self.storage, url, self.max_pixels)
+        return read_image(self.storage, url, self.max_pixels, 2 * self.embedder.input_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loaded = [self._load(str(uri)) for uri in batch["image_uri"]]

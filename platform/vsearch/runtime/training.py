@@ -1,4 +1,4 @@
-"""Ray Train: the per-worker loop around ``TripletTrainer`` and the ``fit`` that launches it.
+"""Ray Train: the per-worker loop around ``MetricTrainer`` and the ``fit`` that launches it.
 
 Checkpoints go to ``<storage>/checkpoints/<run name>``; a run started again under the same name
 resumes from its last checkpoint (Ray Train's ``RunConfig(name, storage_path)``).
@@ -18,26 +18,49 @@ from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
 from vsearch.config import Config
-from vsearch.models.artifact import ModelArtifact, initial_artifact
+from vsearch.models.artifact import ModelArtifact, build_network
+from vsearch.models.encoder import EncoderSpec
+from vsearch.models.registry import backbone_spec
 from vsearch.storage.datasets import read_dataset
+from vsearch.storage.feature_cache import FeatureCache
 from vsearch.storage.fs import Storage
 from vsearch.storage.images import read_images
-from vsearch.training import TrainingSet, TripletTrainer
+from vsearch.training import MetricTrainer, TrainingSet
+from vsearch.training.dataset import stack_maps
+from vsearch.training.distributed import all_gather_with_grad
 
 _CKPT_FILE = "state.pt"
 
 
-def load_training_set(cfg: Config, dataset_prefix: str) -> TrainingSet:
-    """Read the dataset and decode the catalogue and the training-split photos."""
+def load_training_set(
+    cfg: Config,
+    dataset_prefix: str,
+    map_keys: dict[str, str] | None = None,
+    cache_id: str | None = None,
+) -> TrainingSet:
+    """The catalogue and the training-split photos as network inputs.
+
+    Trainable backbones: images decoded and preprocessed. Frozen backbones (``map_keys`` given:
+    image URI -> content key): their cached feature maps from ``features/<cache_id>``.
+    """
     storage = Storage(cfg.storage, cfg.storage_options)
     ds = read_dataset(storage, dataset_prefix)
     train_queries = ds.queries_of("train")
     uris = ds.catalog["image_uri"].to_pylist() + train_queries["image_uri"].to_pylist()
+    if map_keys is not None:
+        if cache_id is None:
+            raise ValueError("cached feature maps need the cache id of their backbone")
+        maps = FeatureCache(storage, cache_id).read(map_keys.values())
+        items = {u: maps.get(map_keys[u]) if u in map_keys else None for u in uris}
+        return TrainingSet.from_tables(
+            ds.catalog, train_queries, ds.clicks, items, stack_maps, kind="maps"
+        )
+    spec: EncoderSpec = backbone_spec(cfg.model.arch, cfg.model.input_size)
     # Photos are shrunk while decoding: training sees them at input_size anyway.
-    images, _ = read_images(storage, uris, cfg.index.max_pixels, max_side=4 * cfg.model.input_size)
+    images, _ = read_images(storage, uris, cfg.index.max_pixels, max_side=4 * spec.input_size)
     decoded = dict(zip(uris, images, strict=True))
     return TrainingSet.from_tables(
-        ds.catalog, train_queries, ds.clicks, decoded, cfg.model.input_size
+        ds.catalog, train_queries, ds.clicks, decoded, spec.preprocess, kind="images"
     )
 
 
@@ -56,17 +79,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = load_training_set(cfg, loop_config["dataset_prefix"])
-    model = initial_artifact(cfg.model).build()
+    data = load_training_set(
+        cfg, loop_config["dataset_prefix"], loop_config["map_keys"], loop_config["cache_id"]
+    )
+    torch.manual_seed(cfg.model.seed)
+    products = data.product_ids if cfg.train.proxy_weight > 0 else []
+    network = build_network(cfg.model, len(data.category_names), len(products))
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = torch.load(os.path.join(ckpt_dir, _CKPT_FILE), weights_only=True)
-        model.load_state_dict(state["model"])
+        network.load_state_dict(state["model"])
         start_epoch = int(state["epoch"]) + 1
-    model = prepare_model(model)
-    trainer = TripletTrainer(model, cfg.train, data, rank=rank, world_size=world)
+    model = prepare_model(network.trainable_part)
+    trainer = MetricTrainer(
+        model, cfg.train, data, rank=rank, world_size=world, gather=all_gather_with_grad
+    )
     if checkpoint is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
     began = time.perf_counter()
@@ -87,15 +116,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(
                 f"[train] epoch {epoch + 1}/{cfg.train.epochs} loss={stats.loss:.4f} "
                 f"label={stats.label_loss:.4f} click={stats.click_loss:.4f} "
+                f"category={stats.category_loss:.3f} box={stats.box_loss:.3f} "
                 f"active={stats.active_fraction:.2f} {stats.images_per_s:.0f} img/s/worker "
                 f"elapsed={elapsed:.0f}s",
                 flush=True,
             )
             with tempfile.TemporaryDirectory() as tmp:
-                bare = model.module if hasattr(model, "module") else model
                 torch.save(
                     {
-                        "model": bare.state_dict(),
+                        "model": network.state_dict(),
+                        "categories": data.category_names,
+                        "products": products,
                         "optimizer": trainer.optimizer.state_dict(),
                         "epoch": epoch,
                     },
@@ -108,13 +139,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
-def fit(cfg: Config, dataset_prefix: str, run_name: str) -> tuple[ModelArtifact, dict[str, Any]]:
-    """Train with ``cfg.train.num_workers`` Ray Train workers; return the artifact and metrics."""
+def fit(
+    cfg: Config,
+    dataset_prefix: str,
+    run_name: str,
+    map_keys: dict[str, str] | None = None,
+    cache_id: str | None = None,
+    backbone_sha256: str | None = None,
+) -> tuple[ModelArtifact, dict[str, Any]]:
+    """Train with ``cfg.train.num_workers`` Ray Train workers; return the artifact and metrics.
+
+    For a frozen backbone pass ``map_keys`` (image URI -> cache key), the ``cache_id`` of its
+    feature cache and its ``backbone_sha256``: the workers train the heads on cached maps.
+    """
     storage = Storage(cfg.storage, cfg.storage_options)
     fs, root = storage.pyarrow_filesystem()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(), "dataset_prefix": dataset_prefix},
+        train_loop_config={
+            "config": cfg.model_dump(),
+            "dataset_prefix": dataset_prefix,
+            "map_keys": map_keys,
+            "cache_id": cache_id,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=False,
@@ -135,6 +182,8 @@ def fit(cfg: Config, dataset_prefix: str, run_name: str) -> tuple[ModelArtifact,
     metrics = dict(result.metrics or {})
     info = {
         "run_name": run_name,
+        "train_config": cfg.train.model_dump(),
+        "dataset": dataset_prefix,
         "epochs_done": int(state["epoch"]) + 1,
         "resumed_from_epoch": metrics.get("start_epoch", 0),
         "final_loss": metrics.get("loss"),
@@ -143,4 +192,12 @@ def fit(cfg: Config, dataset_prefix: str, run_name: str) -> tuple[ModelArtifact,
         "skipped_images": metrics.get("skipped_images"),
         "train_seconds": metrics.get("elapsed_s"),
     }
-    return ModelArtifact(config=cfg.model, state_dict=state["model"], info=info), metrics
+    artifact = ModelArtifact(
+        config=cfg.model,
+        categories=list(state["categories"]),
+        products=list(state["products"]),
+        state_dict=state["model"],
+        backbone_sha256=backbone_sha256,
+        info=info,
+    )
+    return artifact, metrics

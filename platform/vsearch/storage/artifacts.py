@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from vsearch.index.builder import BuiltShard
 from vsearch.index.manifest import Manifest, verify
 from vsearch.index.shard import ShardIndex
-from vsearch.models.artifact import ModelArtifact
+from vsearch.models.artifact import ModelArtifact, sha256_hex
+from vsearch.models.embedder import Embedder
 from vsearch.storage.fs import Storage
 
 
@@ -24,18 +25,52 @@ def new_version(prefix: str) -> str:
 
 
 class ModelStore:
-    """``models/<version>/model.pt`` + ``info.json``; ``models/LATEST`` names the newest."""
+    """``models/<version>/model.pt`` + ``info.json``; ``models/LATEST`` names the newest.
+
+    A frozen backbone's bytes are stored once per digest, ``models/backbones/<sha256>.onnx``, and
+    shared by the versions trained on it. ``info.json`` records the sha256 of ``model.pt`` and of
+    the backbone; ``load`` verifies both and names the file that does not match.
+    """
 
     def __init__(self, storage: Storage, prefix: str = "models") -> None:
         self.storage = storage
         self.prefix = prefix
 
-    def save(self, artifact: ModelArtifact, version: str | None = None) -> str:
-        """Write ``artifact`` as a new version, move ``LATEST`` to it, return the version."""
+    def _backbone_name(self, digest: str) -> str:
+        return posixpath.join(self.prefix, "backbones", f"{digest}.onnx")
+
+    def save(
+        self,
+        artifact: ModelArtifact,
+        version: str | None = None,
+        backbone_bytes: bytes | None = None,
+    ) -> str:
+        """Write ``artifact`` (and its backbone's bytes, once) as a new version, move ``LATEST``
+        to it, return the version."""
         version = version or new_version("m")
         base = posixpath.join(self.prefix, version)
-        self.storage.write_bytes(posixpath.join(base, "model.pt"), artifact.to_bytes())
-        info = {"version": version, "config": artifact.config.model_dump(), **artifact.info}
+        files: dict[str, str] = {}
+        if artifact.backbone_sha256 is not None:
+            name = self._backbone_name(artifact.backbone_sha256)
+            if not self.storage.exists(name):
+                if backbone_bytes is None or sha256_hex(backbone_bytes) != artifact.backbone_sha256:
+                    raise ValueError(
+                        "save needs the bytes of the backbone the model was trained on"
+                    )
+                self.storage.write_bytes(name, backbone_bytes)
+            files[name] = artifact.backbone_sha256
+        weights = artifact.to_bytes()
+        files[posixpath.join(base, "model.pt")] = sha256_hex(weights)
+        self.storage.write_bytes(posixpath.join(base, "model.pt"), weights)
+        info = {
+            "version": version,
+            "format": 2,
+            "config": artifact.config.model_dump(),
+            "spec": artifact.spec.as_dict(),
+            "categories": artifact.categories,
+            "sha256": files,
+            **artifact.info,
+        }
         self.storage.write_text(posixpath.join(base, "info.json"), json.dumps(info, indent=2))
         self.storage.write_text(posixpath.join(self.prefix, "LATEST"), version)
         return version
@@ -48,11 +83,40 @@ class ModelStore:
             )
         return self.storage.read_text(pointer).strip()
 
+    def _verified(self, name: str, digests: dict[str, str]) -> bytes:
+        data = self.storage.read_bytes(name)
+        want = digests.get(name)
+        if want is not None and sha256_hex(data) != want:
+            raise ValueError(
+                f"{self.storage.url(name)} does not match the sha256 in its info.json "
+                "(damaged or replaced): refusing to load it"
+            )
+        return data
+
     def load(self, version: str | None = None) -> tuple[str, ModelArtifact]:
-        """The artifact of ``version`` (``LATEST`` when None) and its version name."""
+        """The artifact of ``version`` (``LATEST`` when None), checksum-verified, and its name."""
         version = version or self.latest()
-        data = self.storage.read_bytes(posixpath.join(self.prefix, version, "model.pt"))
+        base = posixpath.join(self.prefix, version)
+        info_name = posixpath.join(base, "info.json")
+        digests = (
+            json.loads(self.storage.read_text(info_name)).get("sha256", {})
+            if self.storage.exists(info_name)
+            else {}
+        )
+        data = self._verified(posixpath.join(base, "model.pt"), digests)
         return version, ModelArtifact.from_bytes(data)
+
+    def backbone_bytes(self, artifact: ModelArtifact) -> bytes | None:
+        """The verified bytes of ``artifact``'s frozen backbone (None for torch backbones)."""
+        if artifact.backbone_sha256 is None:
+            return None
+        name = self._backbone_name(artifact.backbone_sha256)
+        return self._verified(name, {name: artifact.backbone_sha256})
+
+    def load_embedder(self, version: str | None = None, batch_size: int = 32) -> Embedder:
+        """The ready ``Embedder`` of ``version`` (``LATEST`` when None), backbone included."""
+        _, artifact = self.load(version)
+        return artifact.embedder(self.backbone_bytes(artifact), batch_size)
 
 
 class IndexStore:

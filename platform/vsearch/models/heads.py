@@ -1,0 +1,122 @@
+"""Heads on a backbone's feature map (Alibaba's joint detection and feature learning).
+
+``SubjectLocaliser`` predicts the subject's box from the map; ``soft_box_mask`` turns the box into a
+product of sigmoids of the distance to each edge, so the "crop" is differentiable and the metric
+loss's gradient reaches the box branch; the masked map is pooled, projected and L2-normalised into
+the embedding. A category head sits beside it on the whole map. One forward pass gives all three.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NetOutput(NamedTuple):
+    """One forward pass: ``embedding`` ``(n, d)`` L2-normalised, ``box`` ``(n, 4)`` subject box
+    ``x0, y0, x1, y1`` as fractions of the image side, ``category_logits`` ``(n, c)`` (``c = 0``
+    when the network has no category head), ``product_logits`` ``(n, p)``: scaled cosines of the
+    embedding to one learned proxy per training product (``p = 0`` without proxies)."""
+
+    embedding: torch.Tensor
+    box: torch.Tensor
+    category_logits: torch.Tensor
+    product_logits: torch.Tensor
+
+
+def soft_box_mask(box: torch.Tensor, grid: int, steepness: float) -> torch.Tensor:
+    """Differentiable mask of ``box`` ``(n, 4)`` (fractions ``x0, y0, x1, y1``) on a ``grid`` x
+    ``grid`` map: ``(n, 1, grid, grid)`` in (0, 1).
+
+    At cell centre ``(x, y)``: ``s(k(x - x0)) s(k(x1 - x)) s(k(y - y0)) s(k(y1 - y))`` with ``s`` the
+    sigmoid and ``k = steepness`` per unit of image side (larger: closer to a hard crop).
+    """
+    centres = (torch.arange(grid, dtype=box.dtype, device=box.device) + 0.5) / grid
+    x0, y0, x1, y1 = (box[:, i : i + 1] for i in range(4))
+    mx = torch.sigmoid(steepness * (centres - x0)) * torch.sigmoid(steepness * (x1 - centres))
+    my = torch.sigmoid(steepness * (centres - y0)) * torch.sigmoid(steepness * (y1 - centres))
+    return (my.unsqueeze(2) * mx.unsqueeze(1)).unsqueeze(1)
+
+
+class SubjectLocaliser(nn.Module):
+    """Feature map ``(n, C, g, g)`` -> subject box ``(n, 4)`` as fractions ``x0, y0, x1, y1``.
+
+    A 1x1 convolution, average and max pooling, and a linear layer giving the box centre and size
+    through sigmoids. It starts out predicting a centred box covering about 88% of each side.
+    """
+
+    def __init__(self, channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.out = nn.Linear(2 * hidden, 4)
+        nn.init.normal_(self.out.weight, std=1e-3)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor([0.0, 0.0, 2.0, 2.0]))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.reduce(fmap))
+        raw = self.out(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
+        centre, size = torch.sigmoid(raw[:, :2]), torch.sigmoid(raw[:, 2:])
+        return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+class SearchHead(nn.Module):
+    """Everything after the backbone: localiser + soft mask, projection, category head.
+
+    ``fmap`` ``(n, channels, g, g)`` -> ``NetOutput``. With ``localise=False`` the whole map is
+    pooled and the box is the whole image. ``hidden > 0`` makes the projection a two-layer MLP
+    (useful on a frozen backbone); 0 keeps it linear.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        embed_dim: int,
+        categories: int = 0,
+        localise: bool = True,
+        steepness: float = 20.0,
+        hidden: int = 0,
+        dropout: float = 0.0,
+        products: int = 0,
+        proxy_scale: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.steepness = steepness
+        self.localiser = SubjectLocaliser(channels) if localise else None
+        if hidden > 0:
+            self.project: nn.Module = nn.Sequential(
+                nn.Dropout(dropout),
+                nn.Linear(channels, hidden),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, embed_dim),
+            )
+        else:
+            self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, embed_dim))
+        self.category = nn.Linear(channels, categories) if categories > 0 else None
+        #: One proxy per training product (normalised-softmax loss); not used for search.
+        self.proxies = nn.Parameter(0.01 * torch.randn(products, embed_dim)) if products else None
+        self.proxy_scale = proxy_scale
+
+    def forward(self, fmap: torch.Tensor) -> NetOutput:
+        whole = fmap.mean(dim=(2, 3))
+        n = fmap.shape[0]
+        if self.localiser is not None:
+            box = self.localiser(fmap)
+            mask = soft_box_mask(box, fmap.shape[-1], self.steepness)
+            pooled = (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1e-6)
+        else:
+            box = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=fmap.dtype).expand(n, 4)
+            pooled = whole
+        embedding = F.normalize(self.project(pooled), dim=1)
+        logits = self.category(whole) if self.category is not None else fmap.new_zeros(n, 0)
+        if self.proxies is not None:
+            proxy_logits = self.proxy_scale * embedding @ F.normalize(self.proxies, dim=1).T
+        else:
+            proxy_logits = fmap.new_zeros(n, 0)
+        return NetOutput(embedding, box, logits, proxy_logits)

@@ -1,0 +1,85 @@
+"""A frozen backbone exported to ONNX, run by onnxruntime (no gradients flow through it).
+
+The model's bytes come from the caller (storage reads them; nothing here touches files). Its input
+must be ``(batch, 3, s, s)`` with a fixed ``s`` and its first output a ``(batch, C, g, g)`` map;
+both are read from the graph and checked against the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from vsearch.models.encoder import MINUS_ONE_ONE_MEAN, MINUS_ONE_ONE_STD, EncoderSpec
+
+
+class OnnxBackbone:
+    """``(n, 3, s, s) float32`` -> ``(n, C, g, g) float32`` through an ONNX graph, on CPU.
+
+    ``threads`` caps onnxruntime's intra-op threads (1 in Ray workers sharing a node).
+    """
+
+    def __init__(self, spec: EncoderSpec, model_bytes: bytes, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        try:
+            self.session = ort.InferenceSession(
+                model_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{spec.name}: not a loadable ONNX model: {exc}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name
+        shape = inputs[0].shape
+        if (
+            len(shape) != 4
+            or shape[1] != 3
+            or shape[2] != shape[3]
+            or not isinstance(shape[2], int)
+        ):
+            raise ValueError(
+                f"{spec.name}: ONNX input {self.input_name!r} has shape {shape}; "
+                "expected (batch, 3, s, s) with a fixed s"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) != 4:
+            raise ValueError(f"{spec.name}: ONNX output has shape {out_shape}; expected 4 dims")
+        self.spec = spec
+        if shape[2] != spec.input_size or (
+            isinstance(out_shape[1], int) and out_shape[1] != spec.channels
+        ):
+            raise ValueError(
+                f"{spec.name}: the ONNX graph takes {shape} and gives {out_shape}, but the spec "
+                f"says input {spec.input_size} px and {spec.channels} channels"
+            )
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(np.asarray(out[0], dtype=np.float32))
+
+
+def backbone_id(name: str, model_bytes: bytes) -> str:
+    """A short identity of a frozen backbone: its name and the sha256 prefix of its bytes."""
+    return f"{name}-{hashlib.sha256(model_bytes).hexdigest()[:12]}"
+
+
+def xception_spec(input_size: int = 224, **_: object) -> EncoderSpec:
+    """The Xception ImageNet feature-map export (``shared/models/xception_imagenet_fmap.onnx``):
+    224 px, [-1, 1] scaling, ``(2048, 7, 7)`` map."""
+    return EncoderSpec(
+        name="xception_onnx",
+        backend="onnx",
+        input_size=224,
+        mean=MINUS_ONE_ONE_MEAN,
+        std=MINUS_ONE_ONE_STD,
+        channels=2048,
+        grid=7,
+        trainable=False,
+    )

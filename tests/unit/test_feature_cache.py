@@ -1,0 +1,41 @@
+"""The feature-map cache on storage and its Ray Data stages (called directly, without Ray)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vsearch.storage import Storage
+from vsearch.storage.feature_cache import FeatureCache, content_key
+
+
+def test_cache_round_trip_in_float16(tmp_path: Path) -> None:
+    cache = FeatureCache(Storage(str(tmp_path)), "bb-123")
+    assert cache.keys() == set() and cache.read() == {}
+    maps = np.random.default_rng(0).normal(size=(3, 4, 2, 2)).astype(np.float32)
+    cache.write(["a", "b", "c"], maps)
+    cache.write(["d"], maps[:1] * 2)
+    assert cache.keys() == {"a", "b", "c", "d"}
+    got = cache.read(["b", "d", "zzz"])
+    assert set(got) == {"b", "d"} and got["b"].dtype == np.float16
+    np.testing.assert_allclose(got["b"], maps[1], rtol=1e-3, atol=1e-3)
+    other = FeatureCache(Storage(str(tmp_path)), "another-backbone")
+    assert other.keys() == set()  # a new backbone never reads another's maps
+
+
+def test_hasher_keys_by_content(tmp_path: Path) -> None:
+    from vsearch.runtime.features import ImageHasher
+
+    storage = Storage(str(tmp_path))
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    storage.write_bytes("a.png", buf.getvalue())
+    storage.write_bytes("copy.png", buf.getvalue())
+    out = ImageHasher(storage.root, {})(
+        {"uri": np.array([storage.url("a.png"), storage.url("copy.png"), storage.url("no.png")])}
+    )
+    assert out["key"][0] == out["key"][1] == content_key(buf.getvalue())
+    assert out["key"][2] == "" and out["error"][2].startswith("missing")
