@@ -11,13 +11,14 @@ import time
 from typing import Any
 
 from jobs import evaluate, generate, reindex, train
-from jobs.common import load_dataset, progress, storage_of
+from jobs.common import load_dataset, progress, resolve_backbone, storage_of
 from serve.app import running_service
 from serve.client import SearchClient
 from vsearch.config import Config
 from vsearch.eval.metrics import latency_summary, mean_average_precision, recall_at_k
 from vsearch.eval.plots import recall_and_latency_figure
 from vsearch.eval.retrieval import canonical_ranking, recall_curve
+from vsearch.models.registry import backend_of
 from vsearch.runtime.cluster import ray_session
 from vsearch.storage.artifacts import new_version
 
@@ -62,13 +63,40 @@ def query_over_http(cfg: Config, client: SearchClient, warmup: int = 3) -> dict[
     }
 
 
+def scratch_config(cfg: Config) -> Config | None:
+    """The from-scratch comparison run (``demo.scratch_epochs``), when the main model uses a
+    pretrained backbone that is available; None otherwise."""
+    if cfg.demo.scratch_epochs <= 0 or backend_of(cfg.model.arch) != "onnx":
+        return None
+    if resolve_backbone(cfg)[1] is None:
+        return None  # the main run falls back to this network anyway
+    model = cfg.model.model_copy(
+        update={"arch": cfg.model.fallback_arch, "head_hidden": 0, "dropout": 0.0, "views": [1.0]}
+    )
+    training = cfg.train.model_copy(
+        update={
+            "epochs": cfg.demo.scratch_epochs,
+            "lr": cfg.demo.scratch_lr,
+            "warmup_epochs": 2,
+            "catalog_per_product": 0,
+            "time_budget_s": 0,
+        }
+    )
+    return cfg.model_copy(update={"model": model, "train": training})
+
+
 def main(cfg: Config, once: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     with ray_session(cfg.ray):
         generate.main(cfg)
+        compare = {}
+        scratch = scratch_config(cfg)
+        if scratch is not None:
+            print(f"\n-- from scratch: {scratch.model.arch}, {scratch.train.epochs} epochs --")
+            compare["from_scratch"] = train.main(scratch)
         model_version = train.main(cfg)
         manifest = reindex.main(cfg, model_version)
-        offline = evaluate.main(cfg, baseline=True)
+        offline = evaluate.main(cfg, baseline=True, compare=compare)
         # The demo prints its own report: keep Serve's per-request access logs out of it.
         with running_service(cfg, quiet=True) as url:
             client = SearchClient(url)
@@ -85,12 +113,8 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
             name = f"reports/{new_version('demo-')}"
             storage = storage_of(cfg)
             storage.write_text(f"{name}.json", json.dumps(report, indent=2))
-            base_name, base = _baseline(offline)
-            curves = {
-                f"{base_name} (offline)": base["recall_curve"],
-                "trained (offline)": offline["photo_to_catalog"]["recall_curve"],
-                "trained, over HTTP": http["recall_curve"],
-            }
+            curves = {f"{name} (offline)": c["recall_curve"] for name, c in _columns(offline)}
+            curves["served over HTTP"] = http["recall_curve"]
             figure = recall_and_latency_figure(
                 curves, http["latencies_ms"], f"vsearch demo: model {model_version}"
             )
@@ -109,17 +133,24 @@ def main(cfg: Config, once: bool = False) -> dict[str, Any]:
             return report
 
 
-def _baseline(offline: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The reference column: pooled maps of a frozen backbone, or the untrained network."""
-    if "baseline_pooled_backbone" in offline:
-        return "pooled backbone", offline["baseline_pooled_backbone"]["photo_to_catalog"]
-    return "untrained", offline["baseline_untrained"]["photo_to_catalog"]
+def _columns(offline: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The report's columns, photo -> catalogue figures of each model that was evaluated."""
+    cols = []
+    for key, label in (
+        ("baseline_untrained", "untrained"),
+        ("compare_from_scratch", "from scratch"),
+        ("baseline_pooled_backbone", "pooled backbone"),
+    ):
+        if key in offline:
+            cols.append((label, offline[key]["photo_to_catalog"]))
+    cols.append(("trained" if len(cols) < 2 else "pretrained+heads", offline["photo_to_catalog"]))
+    return cols
 
 
 def _print_report(report: dict[str, Any]) -> None:
     offline = report["offline"]
     trained = offline["photo_to_catalog"]
-    base_name, base = _baseline(offline)
+    cols = _columns(offline)
     http, lat = report["http"], report["http"]["latency"]
     print("\n== vsearch demo report ==")
     print(
@@ -129,7 +160,7 @@ def _print_report(report: dict[str, Any]) -> None:
         f"  {int(trained['queries'])} held-out real-shot queries against "
         f"{int(trained['catalog_images'])} catalogue images\n"
     )
-    print(f"  {'offline (in-process)':38s} {base_name:>16s} {'trained':>10s}")
+    print(f"  {'offline (in-process)':34s}" + "".join(f"{name:>17s}" for name, _ in cols))
     for key, label in (
         ("recall_at_1", "Recall@1, binary index + rescore"),
         ("recall_at_10", "Recall@10, binary index + rescore"),
@@ -138,15 +169,15 @@ def _print_report(report: dict[str, Any]) -> None:
         ("exact_recall_at_10", "Recall@10, exact float search"),
         ("ann_recall_at_10", "binary index recall@10 vs exact"),
     ):
-        shown = f"{base[key]:16.3f}" if key in base else f"{'':16s}"
-        print(f"  {label:38s} {shown} {trained[key]:10.3f}")
+        cells = "".join(f"{c[key]:17.3f}" if key in c else f"{'':17s}" for _, c in cols)
+        print(f"  {label:34s}{cells}")
     cat = offline["category"]
     print(
-        f"  {'category top-1 model / search / fused':38s} "
+        f"  {'category top-1 model / search / fused':34s} "
         f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
     )
     if "box" in offline:
-        print(f"  {'subject box IoU':38s} {'':16s} {offline['box']['iou']:10.3f}")
+        print(f"  {'subject box IoU (trained)':34s} {offline['box']['iou']:.3f}")
     print(
         f"\n  served over HTTP (trained model), {http['queries']} queries, "
         f"{http['failed_requests']} failed"

@@ -73,20 +73,34 @@ def _train_gallery(cfg: Config, ds: CatalogDataset, embedder: Embedder, backbone
     train = ds.queries_of("train")
     uris = train["image_uri"].to_pylist()
     if backbone is not None:
-        from vsearch.storage.feature_cache import FeatureCache
+        from vsearch.storage.feature_cache import FeatureCache, view_key
 
         cache_id, cached = cache_maps(cfg, uris, backbone, "feature maps (train photos)")
-        maps = FeatureCache(storage_of(cfg), cache_id).read(cached.keys.values())
-        ok = np.asarray([u in cached.keys and cached.keys[u] in maps for u in uris])
-        stack = np.stack([maps[cached.keys[u]] for u, good in zip(uris, ok, strict=True) if good])
-        return embedder.predict_maps(stack), _pooled(stack), train.filter(pa.array(ok))
+        views = embedder.views
+        wanted = [view_key(k, v) for k in cached.keys.values() for v in views]
+        maps = FeatureCache(storage_of(cfg), cache_id).read(wanted)
+
+        def have(uri: str) -> bool:
+            key = cached.keys.get(uri)
+            return key is not None and all(view_key(key, v) in maps for v in views)
+
+        ok = np.asarray([have(u) for u in uris], dtype=bool)
+        good = [cached.keys[u] for u, g in zip(uris, ok, strict=True) if g]
+        stack = np.stack([np.stack([maps[view_key(k, v)] for k in good]) for v in views])
+        return embedder.predict_maps(stack), _pooled(stack[0]), train.filter(pa.array(ok))
     side = 4 * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
     return embedder.predict(images), None, train.filter(pa.array(ok))
 
 
-def main(cfg: Config, baseline: bool = True) -> dict[str, Any]:
-    """Evaluate; return the report (also written under ``reports/``)."""
+def main(
+    cfg: Config, baseline: bool = True, compare: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Evaluate; return the report (also written under ``reports/``).
+
+    ``compare`` maps a label to another model version to score photo -> catalogue beside the
+    published one (its catalogue vectors are embedded here; e.g. the demo's from-scratch CNN).
+    """
     storage = storage_of(cfg)
     ds = load_dataset(cfg)
     queries = ds.queries_of(cfg.data.eval_split)
@@ -168,35 +182,36 @@ def main(cfg: Config, baseline: bool = True) -> dict[str, Any]:
                 side,
                 "baseline: catalogue",
             )
-            c_pooled = _pooled(embedder.feature_maps(c_images))
+            c_pooled = _pooled(embedder.feature_maps(c_images)[0])
             c_products = ds.catalog.filter(pa.array(c_ok))["product_id"].to_pylist()
-            q_pooled = _pooled(q_maps)
+            q_pooled = _pooled(q_maps[0])
             report["baseline_pooled_backbone"] = {
                 "photo_to_catalog": photo_to_photo(
                     q_pooled, products, c_pooled, c_products, canonical
                 ),
                 "photo_to_train": photo_to_photo(q_pooled, products, g_pooled, g_products),
             }
+    others: dict[str, Embedder] = {}
     if baseline and not frozen:
-        untrained = initial_artifact(artifact.config, artifact.categories).embedder()
+        others["untrained"] = initial_artifact(artifact.config, artifact.categories).embedder()
+    for label, version in (compare or {}).items():
+        _, other = models.load(version)
+        others[label] = other.embedder(models.backbone_bytes(other))
+        if baseline and "untrained" not in others and other.backbone_sha256 is None:
+            # The starting point of a network trained from scratch.
+            others["untrained"] = initial_artifact(other.config, other.categories).embedder()
+    if others:
         c_images, c_ok = read_urls(
-            storage,
-            ds.catalog["image_uri"].to_pylist(),
-            cfg.index.max_pixels,
-            side,
-            "baseline: catalogue",
+            storage, ds.catalog["image_uri"].to_pylist(), cfg.index.max_pixels, side, "catalogue"
         )
         meta = ds.catalog.filter(pa.array(c_ok)).select(list(META_COLUMNS))
-        report["baseline_untrained"] = {
-            "photo_to_catalog": evaluate_retrieval(
-                untrained.embed(q_images),
-                products,
-                untrained.embed(c_images),
-                meta,
-                canonical,
-                **args,
-            ).as_dict()
-        }
+        for label, other in others.items():
+            # The same search as the main model, on vectors embedded here (no index published).
+            result = evaluate_retrieval(
+                other.embed(q_images), products, other.embed(c_images), meta, canonical, **args
+            )
+            key = "baseline_untrained" if label == "untrained" else f"compare_{label}"
+            report[key] = {"photo_to_catalog": result.as_dict()}
     name = f"reports/{new_version('evaluate-')}"
     storage.write_text(f"{name}.json", json.dumps(report, indent=2))
     storage.write_text(f"{name}.md", quality_markdown(report))

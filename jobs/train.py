@@ -41,13 +41,13 @@ def main(cfg: Config, run_name: str | None = None) -> str:
     started = time.perf_counter()
     rows: dict[str, object] = {}
     with ray_session(cfg.ray):
-        map_keys = cache_id = None
+        map_keys = cache_id = sizes = None
         if backbone is not None:
             ds = read_dataset(storage_of(cfg), dataset_prefix(cfg))
             uris = ds.catalog["image_uri"].to_pylist()
             uris += ds.queries_of("train")["image_uri"].to_pylist()
             cache_id, cached = cache_maps(cfg, uris, backbone, "feature maps (train)")
-            map_keys = cached.keys
+            map_keys, sizes = cached.keys, cached.sizes
             rows = {
                 "feature maps computed / reused": f"{cached.computed} / {cached.reused}",
                 "feature cache (img/s incl. start-up)": cached.computed / max(cached.seconds, 1e-9),
@@ -59,6 +59,7 @@ def main(cfg: Config, run_name: str | None = None) -> str:
             map_keys,
             cache_id,
             sha256_hex(backbone) if backbone is not None else None,
+            sizes,
         )
     version = ModelStore(storage_of(cfg)).save(artifact, backbone_bytes=backbone)
     print_summary(

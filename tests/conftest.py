@@ -46,3 +46,33 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def make_tiny_onnx() -> bytes:
+    """A 3 -> 2048-channel, stride-32 convolution + ReLU on 224 px: the shape of the Xception
+    feature-map export (``xception_onnx``), in a few MB, built with ``onnx.helper``."""
+    import numpy as np
+    import onnx  # noqa: F401  (the dev extra installs it)
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(
+        rng.normal(size=(2048, 3, 32, 32)).astype(np.float32) * 0.01, "w"
+    )
+    conv = helper.make_node("Conv", ["image", "w"], ["conv"], strides=[32, 32])
+    relu = helper.make_node("Relu", ["conv"], ["feature_map"])
+    graph = helper.make_graph(
+        [conv, relu],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, ["batch", 2048, 7, 7])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx() -> bytes:
+    return make_tiny_onnx()

@@ -62,6 +62,15 @@ class ModelConfig(_Strict):
     #: Where an ONNX backbone's file is: a path or any storage URL. Unused for torch backbones.
     backbone_url: str | None = None
 
+    @field_validator("views")
+    @classmethod
+    def _views_in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0.1 <= v <= 1.0 for v in value):
+            raise ValueError(f"views are crop fractions in [0.1, 1.0], got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"views must differ, got {value}")
+        return value
+
     @field_validator("backbone_url")
     @classmethod
     def _absolute_backbone(cls, value: str | None) -> str | None:
@@ -77,6 +86,11 @@ class ModelConfig(_Strict):
     embed_dim: int = Field(128, ge=8)
     #: Side of the square network input, in pixels (ONNX backbones fix their own).
     input_size: int = Field(64, ge=16)
+    #: Views of each image the backbone sees: centre crops keeping this fraction of each side
+    #: (1.0: the whole image). The embedding is the normalised mean over views and the category
+    #: probabilities their mean; each view costs one backbone pass. The first view is the primary
+    #: one (its box is returned; click triplets and boxes train on it).
+    views: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=8)
     #: Localisation branch: predicted box -> soft sigmoid mask -> masked pooling.
     localise: bool = True
     #: Steepness of the soft box mask's sigmoids, per unit of image side.
@@ -129,6 +143,14 @@ class TrainConfig(_Strict):
     #: In each P x K batch, this many of a product's K items are its catalogue image (when it has
     #: one): bridges the shopper-photo -> catalogue gap when photos outnumber catalogue images.
     catalog_per_product: int = Field(0, ge=0)
+    #: Times Ray Train restarts the workers after one fails (a crashed process, a lost node), each
+    #: restart resuming from the run's last checkpoint; 0 fails the run at the first error, -1
+    #: retries forever. An exception in the training code is retried too (it then fails 1 + n times).
+    max_failures: int = Field(2, ge=-1)
+    #: Test hook, off (None) by default: the last worker rank exits its process after training this
+    #: epoch (0-based), once per run (a marker file under ``checkpoints/<run>/``), so tests can
+    #: check that ``max_failures`` resumes from the last checkpoint.
+    fail_at_epoch: int | None = Field(None, ge=0)
 
 
 class MiningConfig(_Strict):
@@ -176,6 +198,9 @@ class IndexConfig(_Strict):
     #: Ray Data actors embedding the catalogue, and the batch each gets.
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0, le=0.5)
+    #: Memory Ray reserves for each actor running a frozen ONNX backbone (feature cache); about
+    #: 1.2 GiB was measured for Xception at backbone batches of 8.
+    backbone_actor_memory_mb: int = Field(1536, ge=0)
     batch_size: int = Field(64, ge=1)
     #: Largest decoded image accepted, in pixels (decompression-bomb guard).
     max_pixels: int = Field(40_000_000, ge=1)
@@ -195,6 +220,15 @@ class ServeConfig(_Strict):
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
     max_batch_size: int = Field(8, ge=1, le=32)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class DemoConfig(_Strict):
+    """What ``vsearch demo`` adds for its report."""
+
+    #: With a pretrained backbone, also train ``model.fallback_arch`` from scratch for this many
+    #: epochs (at ``scratch_lr``) and report it beside the pretrained one; 0 skips it.
+    scratch_epochs: int = Field(0, ge=0)
+    scratch_lr: float = Field(2e-3, gt=0)
 
 
 class RayConfig(_Strict):
@@ -219,6 +253,7 @@ class Config(_Strict):
     category: CategoryConfig = CategoryConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
+    demo: DemoConfig = DemoConfig()
     ray: RayConfig = RayConfig()
 
     @field_validator("storage")

@@ -78,6 +78,26 @@ def decode_image(
     return array
 
 
+def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The centre of an ``(H, W, 3)`` image keeping ``fraction`` of each side (a view)."""
+    if fraction >= 1.0:
+        return image
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[top : top + ch, left : left + cw]
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` from an image's header without decoding its pixels; ``(0, 0)`` when
+    the bytes are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.size[0]), int(img.size[1])
+    except (UnidentifiedImageError, OSError, ValueError):
+        return 0, 0
+
+
 def to_tensor(
     images: list[np.ndarray],
     size: int,

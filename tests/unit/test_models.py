@@ -111,31 +111,8 @@ def test_artifact_rejects_unknown_format() -> None:
         ModelArtifact.from_bytes(buf.getvalue())
 
 
-def _tiny_onnx() -> bytes:
-    """A 3 -> 2048-channel, stride-32 convolution on 224 px: Xception's shape, in a few KB."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(
-        rng.normal(size=(2048, 3, 32, 32)).astype(np.float32) * 0.01, "w"
-    )
-    conv = helper.make_node("Conv", ["image", "w"], ["conv"], strides=[32, 32])
-    relu = helper.make_node("Relu", ["conv"], ["feature_map"])
-    graph = helper.make_graph(
-        [conv, relu],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
-        [helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, ["batch", 2048, 7, 7])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def test_onnx_backbone_runs_frozen_and_is_verified() -> None:
-    pytest.importorskip("onnx")
-    data = _tiny_onnx()
+def test_onnx_backbone_runs_frozen_and_is_verified(tiny_onnx: bytes) -> None:
+    data = tiny_onnx
     backbone = create_backbone("xception_onnx", 224, data)
     fmap = backbone(torch.randn(2, 3, 224, 224))
     assert fmap.shape == (2, 2048, 7, 7) and bool((fmap >= 0).all())
@@ -148,6 +125,7 @@ def test_onnx_backbone_runs_frozen_and_is_verified() -> None:
     assert pred.embeddings.shape == (2, 16) and pred.category_probs.shape == (2, 2)
     np.testing.assert_allclose(pred.category_probs.sum(1), 1.0, rtol=1e-5)
     maps = embedder.feature_maps([np.zeros((50, 40, 3), np.uint8)])
+    assert maps.shape == (1, 1, 2048, 7, 7)  # (views, n, C, g, g)
     np.testing.assert_allclose(
         embedder.predict_maps(maps).embeddings[0], pred.embeddings[0], rtol=1e-4, atol=1e-5
     )
@@ -157,3 +135,27 @@ def test_onnx_backbone_runs_frozen_and_is_verified() -> None:
         art.build()
     with pytest.raises(ValueError, match="ONNX backbone"):
         initial_artifact(cfg, ["a"])
+
+
+def test_views_average_the_embeddings_of_centre_crops() -> None:
+    from vsearch.imaging import centre_crop
+    from vsearch.models.embedder import Embedder
+
+    cfg = ModelConfig(arch="cnn_tiny", embed_dim=8, input_size=32)
+    torch.manual_seed(0)
+    net = build_network(cfg, categories=2)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+    both = Embedder(net, ["a", "b"], views=(1.0, 0.5)).predict(images)
+    whole = Embedder(net, ["a", "b"]).predict(images)
+    zoom = Embedder(net, ["a", "b"]).predict([centre_crop(i, 0.5) for i in images])
+    mean = whole.embeddings + zoom.embeddings
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(both.embeddings, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        both.category_probs, (whole.category_probs + zoom.category_probs) / 2, rtol=1e-5
+    )
+    np.testing.assert_allclose(both.boxes, whole.boxes, rtol=1e-6)
+    assert centre_crop(images[0], 0.5).shape == (20, 15, 3)
+    with pytest.raises(ValueError, match="2 views"):
+        Embedder(net, views=(1.0, 0.5)).predict_maps(np.zeros((1, 3, 32, 4, 4), np.float32))

@@ -120,7 +120,7 @@ class ModelArtifact:
 
     def embedder(self, backbone_bytes: bytes | None = None, batch_size: int = 32) -> Embedder:
         """An ``Embedder`` over ``build(backbone_bytes)``."""
-        return Embedder(self.build(backbone_bytes), self.categories, batch_size)
+        return Embedder(self.build(backbone_bytes), self.categories, batch_size, self.config.views)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -1,16 +1,22 @@
-"""``Embedder``: a ``SearchNetwork`` plus its preprocessing, in eval mode, on numpy in and out.
+"""``Embedder``: a ``SearchNetwork`` plus its preprocessing and views, in eval mode, on numpy in and
+out.
 
 The one place images become embeddings, boxes and category probabilities: the reindex job, the
-evaluation and the service all call it.
+evaluation and the service all call it. With several views (centre crops) the backbone runs once
+per view; the embedding is the normalised mean of the views' embeddings and the category
+probabilities their mean, the box comes from the first view.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vsearch.imaging import centre_crop
+from vsearch.models.heads import NetOutput
 from vsearch.models.network import SearchNetwork
 
 
@@ -26,15 +32,21 @@ class Prediction:
 
 
 class Embedder:
-    """Runs ``network`` on ``(H, W, 3) uint8`` images (or cached feature maps) in batches."""
+    """Runs ``network`` on ``(H, W, 3) uint8`` images (or cached feature maps) in batches, always
+    in eval mode (a network shared with a trainer is switched back before each call)."""
 
     def __init__(
-        self, network: SearchNetwork, categories: list[str] | None = None, batch_size: int = 32
+        self,
+        network: SearchNetwork,
+        categories: list[str] | None = None,
+        batch_size: int = 32,
+        views: Sequence[float] = (1.0,),
     ) -> None:
         self.network = network.eval()
         self.spec = network.spec
         self.categories = list(categories or [])
         self.batch_size = batch_size
+        self.views = tuple(views)
 
     @property
     def dim(self) -> int:
@@ -46,44 +58,56 @@ class Embedder:
 
     @torch.inference_mode()
     def feature_maps(self, images: list[np.ndarray]) -> np.ndarray:
-        """``(n, C, g, g) float32`` backbone maps (what the feature cache stores)."""
-        out = np.empty((len(images), self.spec.channels, self.spec.grid, self.spec.grid), "float32")
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            x = self.spec.preprocess(chunk)
-            out[start : start + len(chunk)] = self.network.feature_maps(x).numpy()
+        """Backbone maps of every view: ``(views, n, C, g, g) float32`` (what the cache stores)."""
+        self.network.eval()
+        g, c = self.spec.grid, self.spec.channels
+        out = np.empty((len(self.views), len(images), c, g, g), dtype=np.float32)
+        for v, fraction in enumerate(self.views):
+            for start in range(0, len(images), self.batch_size):
+                chunk = [centre_crop(i, fraction) for i in images[start : start + self.batch_size]]
+                x = self.spec.preprocess(chunk)
+                out[v, start : start + len(chunk)] = self.network.feature_maps(x).numpy()
         return out
 
-    @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> Prediction:
         """Embeddings, boxes and category probabilities of decoded images, in input order."""
-        parts = []
-        for start in range(0, len(images), self.batch_size):
-            x = self.spec.preprocess(images[start : start + self.batch_size])
-            parts.append(self.network(x))
-        return self._collect(parts, len(images))
+        return self.predict_maps(self.feature_maps(images))
 
     @torch.inference_mode()
     def predict_maps(self, fmaps: np.ndarray) -> Prediction:
-        """The same from backbone maps ``(n, C, g, g)`` (float16 or float32)."""
-        parts = []
-        for start in range(0, len(fmaps), self.batch_size):
-            chunk = torch.from_numpy(np.asarray(fmaps[start : start + self.batch_size]))
-            parts.append(self.network.forward_maps(chunk.float()))
-        return self._collect(parts, len(fmaps))
+        """The same from backbone maps ``(views, n, C, g, g)`` (float16 or float32)."""
+        fmaps = np.asarray(fmaps)
+        if fmaps.ndim != 5 or fmaps.shape[0] != len(self.views):
+            raise ValueError(
+                f"expected maps of shape ({len(self.views)} views, n, C, g, g), got {fmaps.shape}"
+            )
+        self.network.eval()
+        per_view = []
+        for view_maps in fmaps:
+            parts: list[NetOutput] = []
+            for start in range(0, len(view_maps), self.batch_size):
+                chunk = torch.from_numpy(np.asarray(view_maps[start : start + self.batch_size]))
+                parts.append(self.network.forward_maps(chunk.float()))
+            per_view.append(parts)
+        return self._combine(per_view, fmaps.shape[1])
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """``(n, d) float32`` L2-normalised embeddings."""
         return self.predict(images).embeddings
 
-    def _collect(self, parts: list, n: int) -> Prediction:
-        if not parts:
+    def _combine(self, per_view: list[list[NetOutput]], n: int) -> Prediction:
+        if n == 0:
             c = len(self.categories)
             return Prediction(
                 np.zeros((0, self.dim), "float32"), np.zeros((0, 4), "float32"), np.zeros((0, c))
             )
-        emb = torch.cat([p.embedding for p in parts]).numpy().astype(np.float32)
-        box = torch.cat([p.box for p in parts]).clamp(0, 1).numpy().astype(np.float32)
-        logits = torch.cat([p.category_logits for p in parts])
-        probs = torch.softmax(logits, dim=1) if logits.shape[1] else logits
-        return Prediction(emb, box, probs.numpy().astype(np.float32))
+        emb = torch.stack([torch.cat([p.embedding for p in parts]) for parts in per_view])
+        logits = torch.stack([torch.cat([p.category_logits for p in parts]) for parts in per_view])
+        box = torch.cat([p.box for p in per_view[0]]).clamp(0, 1)
+        mean = torch.nn.functional.normalize(emb.mean(dim=0), dim=1)
+        probs = torch.softmax(logits, dim=2).mean(dim=0) if logits.shape[2] else logits[0]
+        return Prediction(
+            mean.numpy().astype(np.float32),
+            box.numpy().astype(np.float32),
+            probs.numpy().astype(np.float32),
+        )

@@ -11,8 +11,10 @@ class PKBatchSampler:
     """Batches of ``p`` labels x ``k`` items each, the shape batch-hard mining needs.
 
     Every epoch shuffles the labels, cuts them into groups of ``p`` and draws ``k`` items per label
-    (with replacement when a label has fewer). Batches are dealt to ``world_size`` ranks round-robin
-    and every rank gets the same number, so data-parallel steps stay in lockstep.
+    (with replacement when a label has fewer). An epoch has enough batches to visit every label
+    once and to draw as many items as the data has (``max(labels / p, items / (p k))``), so a set
+    with many photos per product is not cut short. Batches are dealt to ``world_size`` ranks
+    round-robin and every rank gets the same number, so data-parallel steps stay in lockstep.
     """
 
     def __init__(
@@ -38,7 +40,8 @@ class PKBatchSampler:
         self.world_size = world_size
 
     def batches_per_rank(self) -> int:
-        total = len(self.by_label) // self.p
+        items = sum(len(rows) for rows in self.by_label)
+        total = max(len(self.by_label) // self.p, items // (self.p * self.k))
         return max(1, total // self.world_size)
 
     def epoch(self, epoch: int) -> Iterator[np.ndarray]:

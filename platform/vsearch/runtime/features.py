@@ -17,40 +17,48 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vsearch.config import Config
-from vsearch.imaging import ImageDecodeError, decode_image
+from vsearch.imaging import ImageDecodeError, centre_crop, decode_image, image_size
 from vsearch.models.encoder import run_backbone
 from vsearch.models.onnx_backbone import backbone_id
 from vsearch.models.registry import create_backbone
-from vsearch.storage.feature_cache import FeatureCache, content_key
+from vsearch.storage.feature_cache import FeatureCache, content_key, view_key
 from vsearch.storage.fs import Storage
 
 
 class ImageHasher:
-    """Batch ``{"uri"}`` -> ``{"uri", "key", "error"}``: the content key of each image's bytes
-    (empty with an ``error`` such as ``missing: ...`` when it cannot be read)."""
+    """Batch ``{"uri"}`` -> ``{"uri", "key", "width", "height", "error"}``: the content key of
+    each image's bytes and its size from the header (empty / 0 with an ``error`` such as
+    ``missing: ...`` when it cannot be read)."""
 
     def __init__(self, storage_root: str, storage_options: dict[str, Any]) -> None:
         self.storage = Storage(storage_root, storage_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys, errors = [], []
+        keys, sizes, errors = [], [], []
         for uri in batch["uri"]:
             try:
-                keys.append(content_key(self.storage.read_bytes(str(uri))))
-                errors.append("")
+                data = self.storage.read_bytes(str(uri))
             except OSError as exc:
                 keys.append("")
+                sizes.append((0, 0))
                 errors.append(f"missing: {exc}")
+                continue
+            keys.append(content_key(data))
+            sizes.append(image_size(data))
+            errors.append("")
         return {
             "uri": np.asarray(batch["uri"], dtype=object),
             "key": np.asarray(keys, dtype=object),
+            "width": np.asarray([w for w, _ in sizes], dtype=np.int64),
+            "height": np.asarray([h for _, h in sizes], dtype=np.int64),
             "error": np.asarray(errors, dtype=object),
         }
 
 
 class MapEncoder:
-    """Batch ``{"uri", "key"}`` -> ``{"key", "map" (n, C, g, g) float16, "error"}``: decodes each
-    image and runs the frozen backbone; undecodable images get a zero map and an ``error``."""
+    """Batch ``{"uri", "key"}`` -> ``{"key", "map" (m, C, g, g) float16, "error"}`` with one row
+    per image and view (``m = n * len(views)``, keys from ``view_key``): decodes each image and
+    runs the frozen backbone on every view; undecodable images get zero maps and an ``error``."""
 
     def __init__(
         self,
@@ -59,11 +67,13 @@ class MapEncoder:
         arch: str,
         backbone_url: str,
         max_pixels: int,
+        views: list[float] | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self.storage = Storage(storage_root, storage_options)
         self.backbone = create_backbone(arch, 0, self.storage.read_bytes(backbone_url))
         self.max_pixels = max_pixels
+        self.views = list(views or [1.0])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.backbone.spec
@@ -80,22 +90,32 @@ class MapEncoder:
                 images.append(None)
                 errors.append(str(exc))
         good = [i for i, img in enumerate(images) if img is not None]
-        maps = np.zeros((len(images), spec.channels, spec.grid, spec.grid), dtype=np.float16)
-        if good:
-            maps[good] = run_backbone(self.backbone, [images[i] for i in good])
+        keys, out_errors, blocks = [], [], []
+        for fraction in self.views:
+            maps = np.zeros((len(images), spec.channels, spec.grid, spec.grid), dtype=np.float16)
+            if good:
+                crops = [centre_crop(images[i], fraction) for i in good]  # type: ignore[arg-type]
+                # Small backbone batches: onnxruntime's arena grows with the batch (about 2 GiB
+                # per actor at 32 images of 224 px for Xception).
+                maps[good] = run_backbone(self.backbone, crops, batch_size=8)
+            blocks.append(maps)
+            keys += [view_key(str(k), fraction) for k in batch["key"]]
+            out_errors += errors
         return {
-            "key": np.asarray(batch["key"], dtype=object),
-            "map": maps,
-            "error": np.asarray(errors, dtype=object),
+            "key": np.asarray(keys, dtype=object),
+            "map": np.concatenate(blocks),
+            "error": np.asarray(out_errors, dtype=object),
         }
 
 
 @dataclass
 class CacheResult:
     """``keys`` maps each readable URI to its content key; ``computed`` maps were new,
-    ``reused`` already cached; ``errors`` maps URI -> why it has no map."""
+    ``reused`` already cached; ``sizes`` maps URI -> (width, height) of the stored image (0, 0
+    when its header is unreadable); ``errors`` maps URI -> why it has no map."""
 
     keys: dict[str, str]
+    sizes: dict[str, tuple[int, int]]
     computed: int
     reused: int
     seconds: float
@@ -111,7 +131,8 @@ def cache_feature_maps(
     backbone_bytes: bytes,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[FeatureCache, CacheResult]:
-    """Make sure every image of ``uris`` has its map in the cache of ``cfg.model``'s backbone."""
+    """Make sure every image of ``uris`` has the maps of all ``cfg.model.views`` in the cache of
+    ``cfg.model``'s backbone."""
     import time
 
     started = time.perf_counter()
@@ -128,17 +149,21 @@ def cache_feature_maps(
         num_cpus=cfg.index.cpus_per_actor,
     )
     keys: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     errors: dict[str, str] = {}
     for batch in hashed.iter_batches(batch_size=None, batch_format="numpy"):
-        for uri, key, err in zip(batch["uri"], batch["key"], batch["error"], strict=True):
+        columns = (batch["uri"], batch["key"], batch["width"], batch["height"], batch["error"])
+        for uri, key, width, height, err in zip(*columns, strict=True):
             if err:
                 errors[str(uri)] = str(err)
             else:
                 keys[str(uri)] = str(key)
+                sizes[str(uri)] = (int(width), int(height))
     cached = cache.keys()
+    views = cfg.model.views
     todo: dict[str, str] = {}
     for uri, key in keys.items():
-        if key not in cached:
+        if any(view_key(key, v) not in cached for v in views):
             todo.setdefault(key, uri)
     reused = len(set(keys.values()) - set(todo))
     if progress is not None:
@@ -157,24 +182,26 @@ def cache_feature_maps(
                     "arch": cfg.model.arch,
                     "backbone_url": cfg.model.backbone_url,
                     "max_pixels": cfg.index.max_pixels,
+                    "views": list(views),
                 },
                 batch_size=cfg.index.batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(size=actors),
                 num_cpus=cfg.index.cpus_per_actor,
+                memory=cfg.index.backbone_actor_memory_mb * 2**20,
             )
         )
-        uri_of = {key: uri for key, uri in todo.items()}
+        uri_of = {view_key(key, v): uri for key, uri in todo.items() for v in views}
         for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.asarray([not e for e in batch["error"]], dtype=bool)
             for key, err in zip(batch["key"], batch["error"], strict=True):
                 if err:
                     errors[uri_of[str(key)]] = str(err)
             cache.write([str(k) for k in batch["key"][ok]], np.asarray(batch["map"])[ok])
-            computed += int(ok.sum())
+            computed += int(ok.sum()) // len(views)
             if progress is not None:
-                progress(len(ok))
+                progress(len(ok) // len(views))
     for uri in errors:
         keys.pop(uri, None)
     elapsed = time.perf_counter() - started
-    return cache, CacheResult(keys, computed, reused, elapsed, errors)
+    return cache, CacheResult(keys, sizes, computed, reused, elapsed, errors)

@@ -1,10 +1,11 @@
-"""The feature-map cache: a frozen backbone runs once per image.
+"""The feature-map cache: a frozen backbone runs once per image and view.
 
-``features/<backbone id>/part-<uuid>.parquet`` files hold rows ``(key, map)``: ``key`` is the
-sha256 of the image's bytes, ``map`` the ``(C, g, g)`` float16 backbone output as raw bytes (its
-shape is in the file's metadata). The backbone id names the network and its weights' digest, so a
-new backbone never reads another's maps. Parts are only ever added: a writer that dies leaves
-whole parts behind, and a second run computes only the keys still missing.
+``features/<backbone id>/part-<uuid>.parquet`` files hold rows ``(key, map)``. ``key`` is the
+sha256 of the image's bytes, with ``@<fraction>`` for a centre-crop view (``view_key``); ``map``
+is the ``(C, g, g)`` float16 backbone output as raw bytes (its shape is in the file's metadata).
+The backbone id names the network and its weights' digest, so a new backbone never reads
+another's maps. Parts are only ever added: a writer that dies leaves whole parts behind, and a
+second run computes only the keys still missing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ _SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("map", pa.binary())]
 def content_key(data: bytes) -> str:
     """The cache key of an image: sha256 of its bytes, hex."""
     return hashlib.sha256(data).hexdigest()
+
+
+def view_key(key: str, fraction: float) -> str:
+    """The cache key of one view (centre crop ``fraction``) of the image with content ``key``."""
+    return key if fraction >= 1.0 else f"{key}@{fraction:g}"
 
 
 class FeatureCache:

@@ -47,6 +47,7 @@ class TrainingSet:
         decoded: Mapping[str, np.ndarray | None],
         to_inputs: Callable[[list[np.ndarray]], torch.Tensor],
         kind: Literal["images", "maps"] = "images",
+        image_sizes: Mapping[str, tuple[int, int]] | None = None,
     ) -> TrainingSet:
         """Assemble from catalogue rows, real-shot training queries and the click log.
 
@@ -54,8 +55,10 @@ class TrainingSet:
         ``(H, W, 3) uint8`` image (``kind="images"``) or its ``(C, g, g)`` backbone map
         (``kind="maps"``), or to None when it could not be read. ``to_inputs`` stacks a list of
         those into the ``inputs`` tensor. Query boxes (pixels of the stored image) become
-        fractions of the decoded image's side, so images must be decoded at their stored size.
+        fractions of the stored image's side: ``image_sizes`` (URI -> width, height) gives it,
+        else the decoded image's shape (images must then be decoded at their stored size).
         """
+        image_sizes = image_sizes or {}
         arrays: list[np.ndarray] = []
         product_of_row: list[str] = []
         category_of_row: list[str] = []
@@ -87,8 +90,10 @@ class TrainingSet:
                 arrays.append(item)
                 product_of_row.append(product)
                 category_of_row.append(category)
-                if box is not None and kind == "images":
+                w, h = image_sizes.get(uri, (0, 0))
+                if not (w and h) and kind == "images":
                     h, w = item.shape[:2]
+                if box is not None and w and h:
                     boxes.append([box[0] / w, box[1] / h, box[2] / w, box[3] / h])
                 else:
                     boxes.append(nan_box)
