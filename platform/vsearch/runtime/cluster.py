@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -32,8 +33,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def quiet_ray_data() -> None:
     """Jobs show their own progress bars and summaries: turn off Ray Data's progress output (in a
     log file it becomes a block of INFO lines every 10 s) and its notice that it is off."""
-    import logging
-
     from ray.data import DataContext
     from ray.util import log_once
 
@@ -58,6 +57,7 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         "address": cfg.address,
         "include_dashboard": False,
         "log_to_driver": True,
+        "logging_level": logging.WARNING,  # no "Started a local Ray instance" line
         "runtime_env": {"env_vars": dict(WORKER_ENV)},
     }
     if cfg.address == "local":

@@ -95,9 +95,7 @@ class MapEncoder:
             maps = np.zeros((len(images), spec.channels, spec.grid, spec.grid), dtype=np.float16)
             if good:
                 crops = [centre_crop(images[i], fraction) for i in good]  # type: ignore[arg-type]
-                # Small backbone batches: onnxruntime's arena grows with the batch (about 2 GiB
-                # per actor at 32 images of 224 px for Xception).
-                maps[good] = run_backbone(self.backbone, crops, batch_size=8)
+                maps[good] = run_backbone(self.backbone, crops)
             blocks.append(maps)
             keys += [view_key(str(k), fraction) for k in batch["key"]]
             out_errors += errors

@@ -56,6 +56,7 @@ def embed_catalog(cfg: Config, model_version: str, dataset_prefix: str) -> Embed
         batch_format="numpy",
         compute=ActorPoolStrategy(size=cfg.index.embed_actors),
         num_cpus=cfg.index.cpus_per_actor,
+        memory=cfg.index.backbone_actor_memory_mb * 2**20,
     )
     vectors: list[np.ndarray] = []
     columns: dict[str, list] = {name: [] for name in META_COLUMNS}
