@@ -28,7 +28,7 @@ from vsearch.storage.datasets import read_dataset
 
 def cache_maps(cfg: Config, uris: list[str], backbone: bytes, desc: str) -> tuple[str, CacheResult]:
     """Fill the feature cache for ``uris`` with a progress bar; return its id and the result."""
-    with progress(len(set(uris)), desc, "img") as bar:
+    with progress(len(set(uris)) * len(cfg.model.views), desc, "map") as bar:
         cache, result = cache_feature_maps(cfg, uris, backbone, bar.update)
     return cache.backbone_id, result
 
@@ -50,7 +50,8 @@ def main(cfg: Config, run_name: str | None = None) -> str:
             map_keys, sizes = cached.keys, cached.sizes
             rows = {
                 "feature maps computed / reused": f"{cached.computed} / {cached.reused}",
-                "feature cache (img/s incl. start-up)": cached.computed / max(cached.seconds, 1e-9),
+                "feature cache (maps/s incl. start-up)": cached.computed
+                / max(cached.seconds, 1e-9),
             }
         artifact, metrics = fit(
             cfg,

@@ -108,8 +108,8 @@ class MapEncoder:
 
 @dataclass
 class CacheResult:
-    """``keys`` maps each readable URI to its content key; ``computed`` maps were new,
-    ``reused`` already cached; ``sizes`` maps URI -> (width, height) of the stored image (0, 0
+    """``keys`` maps each readable URI to its content key; ``computed`` maps (one per image and
+    view) were new, ``reused`` already cached; ``sizes`` maps URI -> (width, height) of the stored image (0, 0
     when its header is unreadable); ``errors`` maps URI -> why it has no map."""
 
     keys: dict[str, str]
@@ -159,15 +159,20 @@ def cache_feature_maps(
                 sizes[str(uri)] = (int(width), int(height))
     cached = cache.keys()
     views = cfg.model.views
-    todo: dict[str, str] = {}
-    for uri, key in keys.items():
-        if any(view_key(key, v) not in cached for v in views):
-            todo.setdefault(key, uri)
-    reused = len(set(keys.values()) - set(todo))
+    wanted = {view_key(key, v) for key in keys.values() for v in views}
+    reused = len(wanted & cached)
     if progress is not None:
-        progress(len(unique) - len(todo))
+        progress(reused)
     computed = 0
-    if todo:
+    # One pass per view over the images that lack it: adding a view to a model computes only
+    # that view.
+    for fraction in views:
+        todo: dict[str, str] = {}
+        for uri, key in keys.items():
+            if view_key(key, fraction) not in cached:
+                todo.setdefault(key, uri)
+        if not todo:
+            continue
         rows = [{"uri": uri, "key": key} for key, uri in todo.items()]
         encoded = (
             ray.data.from_items(rows)
@@ -180,7 +185,7 @@ def cache_feature_maps(
                     "arch": cfg.model.arch,
                     "backbone_url": cfg.model.backbone_url,
                     "max_pixels": cfg.index.max_pixels,
-                    "views": list(views),
+                    "views": [fraction],
                 },
                 batch_size=cfg.index.batch_size,
                 batch_format="numpy",
@@ -189,16 +194,16 @@ def cache_feature_maps(
                 memory=cfg.index.backbone_actor_memory_mb * 2**20,
             )
         )
-        uri_of = {view_key(key, v): uri for key, uri in todo.items() for v in views}
+        uri_of = {view_key(key, fraction): uri for key, uri in todo.items()}
         for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.asarray([not e for e in batch["error"]], dtype=bool)
             for key, err in zip(batch["key"], batch["error"], strict=True):
                 if err:
                     errors[uri_of[str(key)]] = str(err)
             cache.write([str(k) for k in batch["key"][ok]], np.asarray(batch["map"])[ok])
-            computed += int(ok.sum()) // len(views)
+            computed += int(ok.sum())
             if progress is not None:
-                progress(len(ok) // len(views))
+                progress(len(ok))
     for uri in errors:
         keys.pop(uri, None)
     elapsed = time.perf_counter() - started
