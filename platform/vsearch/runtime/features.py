@@ -6,6 +6,7 @@ on those not cached yet, append the maps to ``vsearch.storage.feature_cache``.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,8 +132,6 @@ def cache_feature_maps(
 ) -> tuple[FeatureCache, CacheResult]:
     """Make sure every image of ``uris`` has the maps of all ``cfg.model.views`` in the cache of
     ``cfg.model``'s backbone."""
-    import time
-
     started = time.perf_counter()
     storage = Storage(cfg.storage, cfg.storage_options)
     cache = FeatureCache(storage, backbone_id(cfg.model.arch, backbone_bytes))

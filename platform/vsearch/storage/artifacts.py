@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from vsearch.index.builder import BuiltShard
 from vsearch.index.manifest import Manifest, verify
 from vsearch.index.shard import ShardIndex
+from vsearch.models.artifact import FORMAT as ARTIFACT_FORMAT
 from vsearch.models.artifact import ModelArtifact, sha256_hex
 from vsearch.models.embedder import Embedder
 from vsearch.storage.fs import Storage
@@ -64,7 +65,7 @@ class ModelStore:
         self.storage.write_bytes(posixpath.join(base, "model.pt"), weights)
         info = {
             "version": version,
-            "format": 2,
+            "format": ARTIFACT_FORMAT,
             "config": artifact.config.model_dump(),
             "spec": artifact.spec.as_dict(),
             "categories": artifact.categories,
