@@ -2,6 +2,7 @@
 
     vsearch demo [--once]        generate -> train -> reindex -> evaluate -> serve -> report
     vsearch generate|mine|train|reindex|evaluate
+    vsearch dedup [--products FILE]   duplicate listings: image, text and BM25 channels
     vsearch serve                serve the published index until Ctrl-C
     vsearch search --url URL photo.jpg
 
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--model-version", help="model to index with (default: latest)")
     evaluate = sub.add_parser("evaluate", parents=[common], help="offline recall of the index")
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained model")
+    dedup = sub.add_parser("dedup", parents=[common], help="find duplicate listings")
+    dedup.add_argument(
+        "--products", metavar="FILE", help="only these listings (ids, one per line, or Parquet)"
+    )
     sub.add_parser("serve", parents=[common], help="serve the published index")
     search = sub.add_parser("search", help="query a running service with an image file")
     search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
@@ -109,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import evaluate
 
         evaluate.main(cfg, baseline=not args.no_baseline)
+    elif args.command == "dedup":
+        from jobs import dedup
+
+        dedup.main(cfg, products=args.products)
     elif args.command == "serve":
         _serve(cfg)
     return 0

@@ -42,8 +42,9 @@ def _follow(bar: tqdm) -> Callable[[int, int], None]:
 
     def update(done: int, total: int) -> None:
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        # ``update`` honours the bar's ``mininterval``; setting ``n`` and refreshing would print a
+        # line per call where stderr is a log file.
+        bar.update(done - bar.n)
 
     return update
 
@@ -57,6 +58,11 @@ def ensure_dataset(cfg: Config) -> str:
     storage = storage_of(cfg)
     prefix = dataset_prefix(cfg)
     spec_name = f"{prefix}/spec.json"
+    if cfg.data.source == "matching":
+        raise ValueError(
+            "data.source=matching (a two-table benchmark of listings) is read by `vsearch dedup` "
+            "only; the other jobs need a catalogue with images (synthetic or grocery)"
+        )
     if cfg.data.source == "synthetic":
         spec = {"source": "synthetic", **cfg.data.synthetic.model_dump()}
     else:

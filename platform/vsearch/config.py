@@ -42,13 +42,60 @@ class SyntheticConfig(_Strict):
         return self
 
 
+class MatchingTableConfig(_Strict):
+    """One listing CSV of a two-table matching benchmark (Leipzig layout)."""
+
+    #: File name under ``data.matching_root``.
+    file: str
+    #: Name of the shop / table; prefixes its ids ("abt:552") and fills the listing's ``source``.
+    source: str
+    id_column: str = "id"
+    #: The first of these columns present is the title ("name" in Abt-Buy, "title" in others).
+    title_columns: list[str] = Field(default_factory=lambda: ["name", "title"], min_length=1)
+    #: Columns kept as attributes when present (others are ignored).
+    attribute_columns: list[str] = Field(
+        default_factory=lambda: ["description", "manufacturer", "brand", "price"]
+    )
+    #: "auto" tries utf-8, then cp1252, then latin-1 on the whole file; a named codec decodes
+    #: strictly and rows with undecodable bytes are counted and skipped.
+    encoding: str = "auto"
+
+
+class MatchingConfig(_Strict):
+    """File names of a two-table matching benchmark: two listing CSVs and the true-match CSV."""
+
+    tables: list[MatchingTableConfig] = Field(min_length=2, max_length=2)
+    #: The perfect-mapping CSV; its two columns hold ids of ``tables[0]`` and ``tables[1]``.
+    mapping: str
+    #: The mapping's id columns, in table order (None: its first two header names).
+    mapping_columns: list[str] | None = Field(None, min_length=2, max_length=2)
+    mapping_encoding: str = "auto"
+
+
 class DataConfig(_Strict):
     """Where the catalogue comes from."""
 
-    source: Literal["synthetic", "grocery"] = "synthetic"
+    #: "matching" (a two-table benchmark of listings with true matches) is read by the dedup job only.
+    source: Literal["synthetic", "grocery", "matching"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()
     #: Root of a GroceryStoreDataset-layout folder (used when ``source == "grocery"``).
     grocery_root: str | None = None
+    #: Root of a two-table matching benchmark and its file layout (``source == "matching"``).
+    matching_root: str | None = None
+    matching: MatchingConfig | None = None
+
+    @field_validator("grocery_root", "matching_root")
+    @classmethod
+    def _absolute_root(cls, value: str | None) -> str | None:
+        # Relative to where the config was loaded, like ``storage``: Ray workers run elsewhere.
+        return os.path.abspath(os.path.expanduser(value)) if value else value
+
+    @model_validator(mode="after")
+    def _matching_layout(self) -> DataConfig:
+        if self.source == "matching" and (self.matching_root is None or self.matching is None):
+            raise ValueError("data.source=matching needs data.matching_root and data.matching")
+        return self
+
     #: Split of the real-shot photos used as held-out queries ("test" for synthetic, "val" for grocery).
     eval_split: str = "test"
 
@@ -231,6 +278,45 @@ class DemoConfig(_Strict):
     scratch_lr: float = Field(2e-3, gt=0)
 
 
+class DedupConfig(_Strict):
+    """The dedup job (Coupang): image, text and BM25 channels, candidate union, combiner, clusters."""
+
+    #: Channels to run; "image" needs listing images, "text" the packaged MiniLM model.
+    channels: list[Literal["image", "text", "lexical"]] = Field(
+        default_factory=lambda: ["image", "text", "lexical"], min_length=1
+    )
+    #: Candidates each channel proposes per listing; also the k of the candidate recall@k.
+    k: int = Field(10, ge=1, le=1000)
+    #: Attribute keys appended to the title for the text and lexical channels (title only: []).
+    text_attributes: list[str] = []
+    #: Folder of a sentence-transformers model (None: the packaged all-MiniLM-L6-v2).
+    text_model_path: str | None = None
+    #: Compare only listings of different sources (two-shop benchmarks); else all pairs.
+    cross_source_only: bool = False
+    #: Search only within a listing's category shard (the catalogue's category path).
+    within_category: bool = True
+    #: Shards up to this many vectors are searched exactly (FAISS flat); larger ones by IVF.
+    exact_below: int = Field(50_000, ge=1)
+    #: Inverted lists probed per query in IVF shards.
+    nprobe: int = Field(32, ge=1)
+    #: "learned": logistic regression over every channel's evidence; "any": a pair is a duplicate
+    #: when any channel's score passes its own fitted threshold.
+    combiner: Literal["learned", "any"] = "learned"
+    #: Decision thresholds reach this precision on labelled pairs (None: best F1 instead).
+    target_precision: float | None = Field(None, gt=0, le=1)
+    #: With labelled pairs, thresholds are cross-fitted over this many folds of the true clusters,
+    #: so no pair is decided by a model fitted on it.
+    folds: int = Field(2, ge=2)
+    #: A fitted combiner (JSON written by an earlier run) for catalogues without labels.
+    combiner_url: str | None = None
+    #: Largest cluster; a bigger connected component is split by dropping its weakest edges.
+    max_cluster_size: int = Field(20, ge=2)
+    #: Ray Data actors embedding listings (text or image), their CPUs and batch.
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
 class RayConfig(_Strict):
     """How the driver joins Ray. ``address="local"`` starts a private local cluster."""
 
@@ -254,6 +340,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
     demo: DemoConfig = DemoConfig()
+    dedup: DedupConfig = DedupConfig()
     ray: RayConfig = RayConfig()
 
     @field_validator("storage")

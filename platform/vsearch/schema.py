@@ -80,3 +80,55 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"table is missing columns {missing}; expected {schema.names}")
     return table.select(schema.names).cast(schema)
+
+
+#: One row per listing a dedup run compares (a catalogue product, or a row of a matching benchmark).
+LISTING_SCHEMA = pa.schema(
+    [
+        pa.field("listing_id", pa.string(), nullable=False),
+        # Which shop or table it came from; ``dedup.cross_source_only`` compares only across sources.
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("title", pa.string(), nullable=False),
+        # Selected attributes (description, manufacturer, ...) as a JSON object string.
+        pa.field("attributes", pa.string(), nullable=False),
+        # The listing's image, resolved like catalogue URIs; null when it has none.
+        pa.field("image_uri", pa.string(), nullable=True),
+        pa.field("quality", pa.float32(), nullable=False),
+    ]
+)
+
+#: Ground truth of a dedup benchmark: listing ``a`` and listing ``b`` are the same product.
+MATCH_SCHEMA = pa.schema(
+    [
+        pa.field("a", pa.string(), nullable=False),
+        pa.field("b", pa.string(), nullable=False),
+    ]
+)
+
+#: One row per candidate pair of a dedup run (``a < b``), with each channel's evidence. A channel
+#: that did not propose the pair has a null score and rank.
+DEDUP_PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("a", pa.string(), nullable=False),
+        pa.field("b", pa.string(), nullable=False),
+        pa.field("image_score", pa.float32(), nullable=True),
+        pa.field("text_score", pa.float32(), nullable=True),
+        pa.field("lexical_score", pa.float32(), nullable=True),
+        pa.field("image_rank", pa.int32(), nullable=True),
+        pa.field("text_rank", pa.int32(), nullable=True),
+        pa.field("lexical_rank", pa.int32(), nullable=True),
+        # The combiner's probability that a and b are the same product, and its decision.
+        pa.field("probability", pa.float32(), nullable=False),
+        pa.field("duplicate", pa.bool_(), nullable=False),
+    ]
+)
+
+#: One row per cluster of two or more listings judged to be the same product.
+DEDUP_CLUSTER_SCHEMA = pa.schema(
+    [
+        pa.field("cluster_id", pa.string(), nullable=False),
+        pa.field("members", pa.list_(pa.string()), nullable=False),
+        pa.field("representative", pa.string(), nullable=False),
+    ]
+)

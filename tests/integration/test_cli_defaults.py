@@ -48,7 +48,8 @@ def test_cli_runs_every_offline_job_on_defaults(
 
     monkeypatch.chdir(tmp_path)
     overrides = [arg for item in TINY for arg in ("--set", item)]
-    for command in (["generate"], ["train", "--run-name", "defaults"], ["reindex"], ["evaluate"]):
+    jobs = (["generate"], ["train", "--run-name", "defaults"], ["reindex"], ["evaluate"], ["dedup"])
+    for command in jobs:
         assert main([*command, *overrides]) == 0, command
 
     var = tmp_path / "var"
@@ -58,4 +59,5 @@ def test_cli_runs_every_offline_job_on_defaults(
     assert (var / "models" / model / "model.pt").is_file()
     index = (var / "indexes" / "CURRENT").read_text().strip()
     assert (var / "indexes" / index / "manifest.json").is_file()
+    assert len(list((var / "reports").glob("dedup-*.json"))) == 1
     assert list((var / "reports").glob("evaluate-*.json"))

@@ -57,3 +57,38 @@ def recall_figure(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def dedup_figure(evaluation: Mapping, k: int, title: str) -> bytes:
+    """Left: candidate recall@k, precision, recall and F1 of each channel and of the union.
+    Right: true pairs each channel found among its candidates, split into those the lexical
+    baseline also found and those it missed (Coupang's complement). Returns PNG bytes."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    rows = {**evaluation["channels"], "union": evaluation["union"]}
+    metrics = [("recall_at_k", f"cand. recall@{k}"), ("precision", "precision"),
+               ("recall", "recall"), ("f1", "F1")]  # fmt: skip
+    width = 0.8 / len(metrics)
+    for j, (key, label) in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+        left.bar(xs, [r[key] for r in rows.values()], width, label=label)
+    left.set_xticks(range(len(rows)), list(rows))
+    left.set(ylim=(0, 1.05), title="per channel and union")
+    left.grid(axis="y", alpha=0.3)
+    left.legend(loc="lower right", fontsize=8)
+    comp = {
+        n: r for n, r in evaluation["complement"]["candidates"].items()
+        if n not in ("none", "image_and_text")
+    }  # fmt: skip
+    names = list(comp)
+    missed = [r.get("missed_by_lexical", 0) for r in comp.values()]
+    shared = [r["true_found"] - m for r, m in zip(comp.values(), missed, strict=True)]
+    right.bar(names, shared, label="also found by lexical", color="#8da0cb")
+    right.bar(names, missed, bottom=shared, label="missed by lexical", color="#fc8d62")
+    right.set(ylabel="true pairs among top-k candidates", title="what each channel adds")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
