@@ -13,6 +13,14 @@ import matplotlib.pyplot as plt
 from vsearch.eval.metrics import latency_summary
 
 
+def _png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi); closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def recall_and_latency_figure(
     curves: Mapping[str, Sequence[float]], latencies_ms: Sequence[float], title: str
 ) -> bytes:
@@ -38,10 +46,7 @@ def recall_and_latency_figure(
     right.set(xlabel="ms per request (client side)", ylabel="requests", title="HTTP latency")
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def recall_figure(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
@@ -53,10 +58,7 @@ def recall_figure(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def dedup_figure(evaluation: Mapping, k: int, title: str) -> bytes:
@@ -88,7 +90,4 @@ def dedup_figure(evaluation: Mapping, k: int, title: str) -> bytes:
     right.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
