@@ -30,6 +30,7 @@ from vsearch.dedup.pipeline import (
     catalog_listings,
     decide_duplicates,
     listing_texts,
+    photo_listings,
 )
 from vsearch.eval.dedup import dedup_markdown
 from vsearch.eval.plots import dedup_figure
@@ -60,6 +61,8 @@ def read_requested(path: str) -> list[str]:
 def _listings(cfg: Config) -> tuple[pa.Table, pa.Table | None, dict[str, int], str, str | None]:
     """(listings, true matches or None, skipped rows, a description, the dataset prefix)."""
     if cfg.data.source == "matching":
+        if cfg.dedup.listings == "photos":
+            raise ValueError("a matching benchmark has no photos; set dedup.listings to catalog")
         assert cfg.data.matching_root and cfg.data.matching
         data = load_matching_set(cfg.data.matching_root, cfg.data.matching)
         return data.listings, data.matches, data.skipped, f"matching {cfg.data.matching_root}", None
@@ -67,12 +70,21 @@ def _listings(cfg: Config) -> tuple[pa.Table, pa.Table | None, dict[str, int], s
 
     prefix = ensure_dataset(cfg)
     dataset = load_dataset(cfg)
+    if cfg.dedup.listings == "photos":
+        split = cfg.data.eval_split
+        listings, matches = photo_listings(dataset.queries, split, cfg.dedup.photos_per_product)
+        return listings, matches, {}, f"{cfg.data.source} {split} photos", prefix
     listings, matches = catalog_listings(dataset.catalog, dataset.duplicates)
     return listings, matches, {}, cfg.data.source, prefix
 
 
 def _channels(cfg: Config, listings: pa.Table) -> list[str]:
     channels = list(dict.fromkeys(cfg.dedup.channels))
+    if cfg.dedup.listings == "photos" and channels != ["image"]:
+        raise ValueError(
+            "photo listings (dedup.listings: photos) have images but no titles; "
+            "set dedup.channels to [image]"
+        )
     if "image" in channels and listings["image_uri"].null_count == listings.num_rows:
         raise ValueError(
             "the image channel needs listing images and this dataset has none; "

@@ -285,6 +285,13 @@ class DedupConfig(_Strict):
     channels: list[Literal["image", "text", "lexical"]] = Field(
         default_factory=lambda: ["image", "text", "lexical"], min_length=1
     )
+    #: What the listings are. "catalog": one per product (its first image, title, attributes),
+    #: with the dataset's recorded re-uploads as the truth. "photos": photos of the
+    #: ``data.eval_split`` split stand in for re-uploaded listings, up to ``photos_per_product``
+    #: of each product, all of one product being duplicates (GroceryStore; image channel only,
+    #: since photos have no titles).
+    listings: Literal["catalog", "photos"] = "catalog"
+    photos_per_product: int = Field(3, ge=2)
     #: Candidates each channel proposes per listing; also the k of the candidate recall@k.
     k: int = Field(10, ge=1, le=1000)
     #: Attribute keys appended to the title for the text and lexical channels (title only: []).

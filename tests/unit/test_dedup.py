@@ -16,10 +16,16 @@ from vsearch.dedup.clusters import cluster_pairs
 from vsearch.dedup.combiner import Combiner, choose_threshold, fit_combiner
 from vsearch.dedup.lexical import Bm25Index
 from vsearch.dedup.neighbours import Neighbours, merge_neighbours, vector_neighbours
-from vsearch.dedup.pipeline import catalog_listings, decide_duplicates
-from vsearch.dedup.tokens import model_codes, title_tokens
-from vsearch.eval.dedup import candidate_set, complement_table, pairwise_scores
-from vsearch.schema import LISTING_SCHEMA, MATCH_SCHEMA
+from vsearch.dedup.pipeline import catalog_listings, decide_duplicates, photo_listings
+from vsearch.dedup.tokens import SoftTfidf, model_codes, title_tokens, token_similarity
+from vsearch.eval.dedup import (
+    candidate_set,
+    complement_table,
+    pairwise_scores,
+    precision_recall_curve,
+    recall_at_precision,
+)
+from vsearch.schema import LISTING_SCHEMA, MATCH_SCHEMA, QUERY_SCHEMA
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -282,3 +288,67 @@ def test_catalog_listings_and_duplicate_truth() -> None:
     assert listings["listing_id"].to_pylist() == ["p1", "p2", "d1"]
     assert listings["image_uri"].to_pylist() == ["a.jpg", "c.jpg", "d.jpg"]
     assert matches.to_pylist() == [{"a": "d1", "b": "p2"}]
+
+
+def test_photo_listings_pick_per_product_independent_of_order() -> None:
+    rows = [
+        {"query_id": f"q{p}{i}", "product_id": f"p{p}", "image_uri": f"/img/{p}{i}.jpg",
+         "category": "fruit", "split": split, "box": None}
+        for p in range(3) for i in range(4 if p else 1) for split in ("val",)
+    ] + [
+        {"query_id": "t0", "product_id": "p1", "image_uri": "/img/t0.jpg", "category": "fruit",
+         "split": "train", "box": None}
+    ]  # fmt: skip
+    queries = pa.Table.from_pylist(rows, schema=QUERY_SCHEMA)
+    listings, matches = photo_listings(queries, "val", per_product=3)
+    # p0 has one val photo (no pair, left out); p1 and p2 keep 3 of their 4: 3 pairs each.
+    assert listings.num_rows == 6 and matches.num_rows == 6
+    assert set(listings["title"].to_pylist()) == {""}
+    ids = set(listings["listing_id"].to_pylist())
+    assert "t0" not in ids and all(r["a"] < r["b"] for r in matches.to_pylist())
+    assert {r["a"][:2] for r in matches.to_pylist()} == {"q1", "q2"}
+    again, _ = photo_listings(queries.take(list(range(queries.num_rows))[::-1]), "val", 3)
+    assert set(again["listing_id"].to_pylist()) == ids
+    with pytest.raises(ValueError, match="no photos of split 'test'"):
+        photo_listings(queries, "test", per_product=3)
+    with pytest.raises(ValueError, match="no product has two photos"):
+        photo_listings(queries, "train", per_product=3)
+
+
+def test_token_similarity_tolerates_typos_not_other_numbers() -> None:
+    assert token_similarity("zagzu", "zaguz") == pytest.approx(0.8)  # two letters swapped
+    assert token_similarity("fogl", "fogal") == pytest.approx(0.8)  # one letter dropped
+    assert token_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert token_similarity("350ml", "330ml") == 0.0  # sizes and codes must agree exactly
+    assert token_similarity("abc", "abc") == 1.0
+
+
+def test_soft_tfidf_keeps_typos_and_drops_other_brands() -> None:
+    titles = [
+        "ZAGZU Pink Striped Cereal Box 250g",
+        "ZAGUZ Pink Striped Cereal Box 250g",  # the same listing with a typo in the brand
+        "BALAP Pink Striped Cereal Box 250g",  # another brand's product
+        "ROMO Blue Dotted Mug 350ml",
+        "KELI Green Checked Bottle 500ml",
+    ]
+    soft = SoftTfidf(titles)
+    assert soft.score(0, 1) > soft.score(0, 2) + 0.1
+    assert soft.score(0, 1) == pytest.approx(soft.score(1, 0))
+    assert soft.score(0, 0) == pytest.approx(1.0)
+    assert soft.score(0, 3) < 0.05
+
+
+def test_precision_recall_curve_and_recall_at_precision() -> None:
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    label = np.array([1, 1, 0, 1, 0], bool)
+    # 4 true pairs, one never scored.
+    p, r = precision_recall_curve(score, label, 4)
+    assert np.allclose(p, [1, 1, 2 / 3, 3 / 4, 3 / 5]) and np.allclose(
+        r, [0.25, 0.5, 0.5, 0.75, 0.75]
+    )
+    assert recall_at_precision(score, label, 4, 1.0) == 0.5
+    assert recall_at_precision(score, label, 4, 0.7) == 0.75
+    assert recall_at_precision(score, label, 4, 0.0) == 0.75
+    # Thinned for plots: one point per recall level, its best precision.
+    p2, r2 = precision_recall_curve(score, label, 4, points=10)
+    assert np.allclose(r2, [0.25, 0.5, 0.75]) and np.allclose(p2, [1, 1, 0.75])

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from vsearch.dedup.neighbours import Neighbours
-from vsearch.dedup.tokens import model_codes
+from vsearch.dedup.tokens import SoftTfidf, model_codes
 
-__all__ = ["CHANNELS", "candidate_union", "code_agreement"]
+__all__ = ["CHANNELS", "candidate_union", "code_agreement", "title_similarity"]
 
 #: Every channel the dedup job knows, in report order.
 CHANNELS = ("image", "text", "lexical")
@@ -61,3 +61,10 @@ def code_agreement(titles: list[str], a: np.ndarray, b: np.ndarray) -> np.ndarra
         if ca and cb:
             out[i] = 1.0 if ca & cb else -1.0
     return out
+
+
+def title_similarity(titles: list[str], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(m,) float32`` soft TF-IDF similarity of the two titles of every pair
+    (``vsearch.dedup.tokens.SoftTfidf``, IDF over ``titles``)."""
+    soft = SoftTfidf(titles)
+    return np.array([soft.score(int(x), int(y)) for x, y in zip(a, b, strict=True)], np.float32)

@@ -2,7 +2,8 @@
 
 Features per channel ``c`` (from ``candidate_union``): the score (0 when absent), whether ``c``
 proposed the pair, ``1 / (1 + rank)`` of the better and of the worse direction, and whether both
-directions proposed it; with the lexical channel also the model-code agreement of the two titles.
+directions proposed it; with the lexical channel also the model-code agreement of the two titles
+and their soft TF-IDF similarity (typo-tolerant, ``vsearch.dedup.tokens.SoftTfidf``).
 The threshold is fitted on labelled pairs either to a target precision (the lowest threshold that
 still reaches it, i.e. the most recall at that precision) or to the best F1.
 
@@ -38,9 +39,11 @@ def features(pairs: pd.DataFrame, channels: list[str]) -> tuple[np.ndarray, list
             pairs[f"{c}_both"].to_numpy(dtype=float),
         ]
         names += [f"{c}_score", f"{c}_present", f"{c}_best_rank", f"{c}_worst_rank", f"{c}_both"]
-    if "lexical" in channels and "code_agreement" in pairs:
-        cols.append(pairs["code_agreement"].to_numpy(dtype=float))
-        names.append("code_agreement")
+    if "lexical" in channels:
+        for name in ("code_agreement", "title_similarity"):
+            if name in pairs:
+                cols.append(pairs[name].to_numpy(dtype=float))
+                names.append(name)
     return np.stack(cols, axis=1) if cols else np.zeros((len(pairs), 0)), names
 
 

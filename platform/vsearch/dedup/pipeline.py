@@ -9,6 +9,7 @@ writes what it returns.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,14 +18,33 @@ import pandas as pd
 import pyarrow as pa
 
 from vsearch.config import DedupConfig
-from vsearch.dedup.candidates import CHANNELS, candidate_union, code_agreement
+from vsearch.dedup.candidates import (
+    CHANNELS,
+    candidate_union,
+    code_agreement,
+    title_similarity,
+)
 from vsearch.dedup.clusters import Clustering, cluster_pairs
 from vsearch.dedup.combiner import Combiner, cross_fit, fit_combiner, row_folds
 from vsearch.dedup.neighbours import Neighbours
-from vsearch.eval.dedup import candidate_set, complement_table, pair_set, pairwise_scores
+from vsearch.eval.dedup import (
+    candidate_set,
+    complement_table,
+    pair_set,
+    pairwise_scores,
+    precision_recall_curve,
+    recall_at_precision,
+)
 from vsearch.schema import DEDUP_CLUSTER_SCHEMA, DEDUP_PAIR_SCHEMA, LISTING_SCHEMA, MATCH_SCHEMA
 
-__all__ = ["DedupOutcome", "catalog_listings", "decide_duplicates", "listing_texts", "true_pairs"]
+__all__ = [
+    "DedupOutcome",
+    "catalog_listings",
+    "decide_duplicates",
+    "listing_texts",
+    "photo_listings",
+    "true_pairs",
+]
 
 
 def listing_texts(listings: pa.Table, attributes: list[str]) -> list[str]:
@@ -126,7 +146,9 @@ def decide_duplicates(
     a = cands["a"].to_numpy(np.int64)
     b = cands["b"].to_numpy(np.int64)
     if "lexical" in channels:
-        cands["code_agreement"] = code_agreement(listings["title"].to_pylist(), a, b)
+        titles = listings["title"].to_pylist()
+        cands["code_agreement"] = code_agreement(titles, a, b)
+        cands["title_similarity"] = title_similarity(titles, a, b)
     evaluation = None
     if matches is not None:
         truth = true_pairs(ids, matches)
@@ -148,8 +170,9 @@ def decide_duplicates(
             decision = any_rule
             probability = np.max([p for p, _ in per_channel.values()], axis=0)
         evaluation = _evaluate(
-            cands, decision, any_rule, per_channel, neighbours, channels, truth_set, cfg
-        )
+            cands, probability, decision, any_rule, per_channel, neighbours, channels,
+            truth_set, cfg,
+        )  # fmt: skip
     elif combiner is not None:
         missing = [c for c in combiner.channels if c not in channels]
         if missing:
@@ -209,7 +232,7 @@ def _pair_table(
 
 
 def _evaluate(
-    cands: pd.DataFrame, decision: np.ndarray, any_rule: np.ndarray,
+    cands: pd.DataFrame, probability: np.ndarray, decision: np.ndarray, any_rule: np.ndarray,
     per_channel: dict[str, tuple[np.ndarray, np.ndarray]], neighbours: dict[str, Neighbours],
     channels: list[str], truth: set[tuple[int, int]], cfg: DedupConfig,
 ) -> dict[str, Any]:  # fmt: skip
@@ -217,13 +240,21 @@ def _evaluate(
     found = {c: candidate_set(neighbours[c], cfg.k) for c in channels}
     decided = {c: pair_set(a[dec], b[dec]) for c, (_, dec) in per_channel.items()}
     union_found = set().union(*found.values())
+    label = np.array([(int(x), int(y)) in truth for x, y in zip(a, b, strict=True)], bool)
     channel_rows = {}
     for c in channels:
         recall_at_k = len(found[c] & truth) / len(truth) if truth else 0.0
-        channel_rows[c] = {
-            "recall_at_k": round(recall_at_k, 4),
-            **pairwise_scores(decided[c], truth),
-        }
+        row = {"recall_at_k": round(recall_at_k, 4), **pairwise_scores(decided[c], truth)}
+        # The union at this channel's operating point: the most recall a threshold on the
+        # union's held-out (cross-fitted) probabilities reaches at the channel's precision.
+        row["union_recall_at_this_precision"] = round(
+            recall_at_precision(probability, label, len(truth), row["precision"]), 4
+        )
+        channel_rows[c] = row
+    curves = {}
+    for name, score in [("union", probability)] + [(c, p) for c, (p, _) in per_channel.items()]:
+        prec, rec = precision_recall_curve(score, label, len(truth), points=60)
+        curves[name] = {"precision": prec.round(4).tolist(), "recall": rec.round(4).tolist()}
     union = {
         "recall_at_k": round(len(union_found & truth) / len(truth), 4) if truth else 0.0,
         **pairwise_scores(pair_set(a[decision], b[decision]), truth),
@@ -240,6 +271,7 @@ def _evaluate(
         "channels": channel_rows,
         "union": union,
         "any_rule": pairwise_scores(pair_set(a[any_rule], b[any_rule]), truth),
+        "curves": curves,
         "complement": {
             "candidates": complement_table(found, truth),
             "decisions": complement_table(decided, truth),
@@ -284,3 +316,51 @@ def catalog_listings(
         schema=MATCH_SCHEMA,
     )
     return listings, matches
+
+
+def photo_listings(queries: pa.Table, split: str, per_product: int) -> tuple[pa.Table, pa.Table]:
+    """Photos of ``split`` as re-uploaded listings, and their true pairs.
+
+    Up to ``per_product`` photos of every product become listings (one ``source`` "photo", no
+    title); every two photos of one product are a true pair. Which photos is fixed by a hash of
+    their ids, so it does not depend on the table's order.
+
+    Raises:
+        ValueError: the split has no photos, or no product has two of them.
+    """
+    rows = [r for r in queries.to_pylist() if r["split"] == split]
+    if not rows:
+        found = sorted(set(queries["split"].to_pylist())) if queries.num_rows else []
+        raise ValueError(f"no photos of split {split!r} (the dataset has splits {found})")
+    by_product: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (zlib.crc32(r["query_id"].encode()), r["query_id"])):
+        chosen = by_product.setdefault(row["product_id"], [])
+        if len(chosen) < per_product:
+            chosen.append(row)
+    listings, matches = [], []
+    for product in sorted(by_product):
+        chosen = sorted(by_product[product], key=lambda r: r["query_id"])
+        if len(chosen) < 2:
+            continue
+        ids = [r["query_id"] for r in chosen]
+        listings += [
+            {
+                "listing_id": r["query_id"],
+                "source": "photo",
+                "category": r["category"],
+                "title": "",
+                "attributes": "{}",
+                "image_uri": r["image_uri"],
+                "quality": 1.0,
+            }
+            for r in chosen
+        ]
+        matches += [
+            {"a": min(x, y), "b": max(x, y)} for i, x in enumerate(ids) for y in ids[i + 1 :]
+        ]
+    if not matches:
+        raise ValueError(f"no product has two photos in split {split!r}: nothing is a duplicate")
+    return (
+        pa.Table.from_pylist(listings, schema=LISTING_SCHEMA),
+        pa.Table.from_pylist(matches, schema=MATCH_SCHEMA),
+    )

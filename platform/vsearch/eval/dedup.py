@@ -19,6 +19,8 @@ __all__ = [
     "dedup_markdown",
     "pair_set",
     "pairwise_scores",
+    "precision_recall_curve",
+    "recall_at_precision",
 ]
 
 Pairs = set[tuple[int, int]]
@@ -45,6 +47,39 @@ def pairwise_scores(decided: Pairs, truth: Pairs) -> dict[str, float]:
         "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
         "decided": len(decided), "true_positives": tp, "true_pairs": len(truth),
     }  # fmt: skip
+
+
+def precision_recall_curve(
+    score: np.ndarray, label: np.ndarray, true_total: int, points: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of deciding every pair whose ``score`` is at least each distinct
+    score, highest first; recall counts all ``true_total`` true pairs (also those never scored).
+    ``points``: only the best precision of each recall level, about this many of them (for plots
+    and reports)."""
+    if len(score) == 0 or true_total == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-np.asarray(score, float), kind="stable")
+    s, y = np.asarray(score, float)[order], np.asarray(label, bool)[order]
+    tp = np.cumsum(y)
+    cut = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    precision, recall = tp[cut] / (cut + 1), tp[cut] / true_total
+    if points:
+        # Per recall level its best precision (the first cut reaching it), thinned evenly.
+        first = np.r_[True, recall[1:] != recall[:-1]]
+        precision, recall = precision[first], recall[first]
+        if len(recall) > points:
+            keep = np.unique(np.linspace(0, len(recall) - 1, points).round().astype(int))
+            precision, recall = precision[keep], recall[keep]
+    return precision, recall
+
+
+def recall_at_precision(
+    score: np.ndarray, label: np.ndarray, true_total: int, precision: float
+) -> float:
+    """The most recall any threshold on ``score`` reaches at ``precision`` or better (0: none)."""
+    p, r = precision_recall_curve(score, label, true_total)
+    ok = p >= precision - 1e-12
+    return float(r[ok].max()) if ok.any() else 0.0
 
 
 def complement_table(found: dict[str, Pairs], truth: Pairs, baseline: str = "lexical") -> dict:
@@ -110,6 +145,24 @@ def dedup_markdown(report: dict) -> str:
             f"| union (any channel's threshold) | {u['recall_at_k']:.3f} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['f1']:.3f} |"
         )
+    at_precision = {
+        n: r for n, r in ev["channels"].items() if "union_recall_at_this_precision" in r
+    }
+    if at_precision:
+        lines += [
+            "",
+            "The union at each channel's operating point (the most recall a threshold on the "
+            "union's held-out probabilities reaches at that channel's precision; a comparison of "
+            "curves, not a decision rule):",
+            "",
+            "| channel | its precision | its recall | union recall at that precision |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in at_precision.items():
+            lines.append(
+                f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                f"{row['union_recall_at_this_precision']:.3f} |"
+            )
     for level in ("candidates", "decisions"):
         comp = ev["complement"][level]
         lines += [

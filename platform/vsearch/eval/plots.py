@@ -63,9 +63,12 @@ def recall_figure(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
 
 def dedup_figure(evaluation: Mapping, k: int, title: str) -> bytes:
     """Left: candidate recall@k, precision, recall and F1 of each channel and of the union.
-    Right: true pairs each channel found among its candidates, split into those the lexical
-    baseline also found and those it missed (Coupang's complement). Returns PNG bytes."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    Middle: true pairs each channel found among its candidates, split into those the lexical
+    baseline also found and those it missed (Coupang's complement). Right (when the evaluation
+    has them): precision-recall curves of the held-out probabilities. Returns PNG bytes."""
+    curves = evaluation.get("curves") or {}
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(16.5 if curves else 11.5, 4.2))
+    left, right = axes[0], axes[1]
     rows = {**evaluation["channels"], "union": evaluation["union"]}
     metrics = [("recall_at_k", f"cand. recall@{k}"), ("precision", "precision"),
                ("recall", "recall"), ("f1", "F1")]  # fmt: skip
@@ -88,6 +91,21 @@ def dedup_figure(evaluation: Mapping, k: int, title: str) -> bytes:
     right.bar(names, missed, bottom=shared, label="missed by lexical", color="#fc8d62")
     right.set(ylabel="true pairs among top-k candidates", title="what each channel adds")
     right.legend(fontsize=8)
+    if curves:
+        pr = axes[2]
+        for name, curve in curves.items():
+            (line,) = pr.plot(curve["recall"], curve["precision"], label=name,
+                              linewidth=2.2 if name == "union" else 1.2)  # fmt: skip
+            row = evaluation["channels"].get(name)
+            if row is not None:  # the channel's own decision
+                pr.scatter([row["recall"]], [row["precision"]], s=22, color=line.get_color())
+        u = evaluation["union"]
+        pr.scatter([u["recall"]], [u["precision"]], marker="*", s=90, color="k",
+                   label="union decision")  # fmt: skip
+        pr.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall", ylabel="precision",
+               title="held-out precision-recall")  # fmt: skip
+        pr.grid(alpha=0.3)
+        pr.legend(fontsize=8, loc="lower left")
     fig.suptitle(title)
     fig.tight_layout()
     return _png(fig)
