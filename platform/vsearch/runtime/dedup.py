@@ -24,10 +24,8 @@ from ray.data import ActorPoolStrategy
 from vsearch.config import Config
 from vsearch.dedup.lexical import Bm25Index
 from vsearch.dedup.neighbours import Neighbours, merge_neighbours, vector_neighbours
-from vsearch.storage.artifacts import ModelStore
-from vsearch.storage.datasets import resolve_uri
+from vsearch.runtime.embedding import ImageBatchEmbedder
 from vsearch.storage.fs import Storage
-from vsearch.storage.images import read_image
 
 __all__ = [
     "ListingImageEmbedder",
@@ -67,42 +65,15 @@ class ListingTextEmbedder:
         return _vector_table(batch, vectors, errors)
 
 
-class ListingImageEmbedder:
+class ListingImageEmbedder(ImageBatchEmbedder):
     """Batch in: ``row``, ``shard``, ``source``, ``image_uri``. Batch out as
     ``ListingTextEmbedder``'s, the image embedded by model ``model_version`` of the model store
-    under ``model_prefix``; a
-    missing, unreadable or corrupt image gives a zero vector and its reason in ``error``."""
-
-    def __init__(
-        self,
-        storage_root: str,
-        storage_options: dict[str, Any],
-        model_prefix: str,
-        model_version: str,
-        dataset_prefix: str,
-        max_pixels: int,
-    ) -> None:
-        import torch
-
-        torch.set_num_threads(1)
-        self.storage = Storage(storage_root, storage_options)
-        self.embedder = ModelStore(self.storage, model_prefix).load_embedder(model_version)
-        self.prefix = dataset_prefix
-        self.max_pixels = max_pixels
-
-    def _load(self, uri: str | None) -> tuple[np.ndarray | None, str]:
-        if not uri:
-            return None, "missing: the listing has no image"
-        url = resolve_uri(self.storage, self.prefix, uri)
-        return read_image(self.storage, url, self.max_pixels, 2 * self.embedder.input_size)
+    under ``model_prefix``; a missing, unreadable or corrupt image gives a zero vector and its
+    reason in ``error``."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        loaded = [self._load(u) for u in batch["image_uri"]]
-        good = [i for i, (img, _) in enumerate(loaded) if img is not None]
-        vectors = np.zeros((len(loaded), self.embedder.dim), np.float32)
-        if good:
-            vectors[good] = self.embedder.embed([loaded[i][0] for i in good])  # type: ignore[misc]
-        return _vector_table(batch, vectors, [err for _, err in loaded])
+        vectors, errors = self.embed_uris(batch["image_uri"])
+        return _vector_table(batch, vectors, errors)
 
 
 def embed_listings(
