@@ -29,6 +29,7 @@ from vsearch.eval.quality import (
     quality_markdown,
 )
 from vsearch.eval.retrieval import evaluate_retrieval
+from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
 from vsearch.rank.fusion import predict_categories
@@ -126,6 +127,7 @@ def main(
     args = {
         "shortlist": cfg.index.shortlist,
         "buckets_per_category": cfg.index.buckets_per_category,
+        "tuning": tuning_spec(cfg.index),
     }
     p2c = evaluate_retrieval(
         pred.embeddings, products, catalog_vectors, catalog_meta, canonical, **args

@@ -11,6 +11,7 @@ from jobs.common import ensure_dataset, print_summary, storage_of
 from vsearch.config import Config
 from vsearch.index.builder import build_shards
 from vsearch.index.manifest import Manifest
+from vsearch.index.tuning import tuning_spec
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.reindex import embed_catalog
 from vsearch.storage import IndexStore, ModelStore
@@ -30,7 +31,9 @@ def main(cfg: Config, model_version: str | None = None) -> Manifest:
             f"no catalogue image could be embedded ({len(embedded.errors)} failed: "
             f"{embedded.error_counts()}); the published index is unchanged"
         )
-    built = build_shards(embedded.vectors, embedded.meta, cfg.index.buckets_per_category)
+    built = build_shards(
+        embedded.vectors, embedded.meta, cfg.index.buckets_per_category, tuning_spec(cfg.index)
+    )
     store = IndexStore(storage)
     stats = {
         "embedded": len(embedded.vectors),
@@ -50,6 +53,10 @@ def main(cfg: Config, model_version: str | None = None) -> Manifest:
             "images skipped": len(embedded.errors),
             **{f"  skipped: {k}": v for k, v in embedded.error_counts().items()},
             "shards": len(manifest.shards),
+            "tuned shortlists (min-max)": _span([e.shortlist for e in manifest.shards]),
+            f"probe recall@{cfg.index.recall_k}, lowest shard (target {cfg.index.recall_target})": (
+                min((e.recall for e in manifest.shards if e.recall is not None), default=1.0)
+            ),
             "categories": len(manifest.categories),
             "embed throughput incl. start-up (img/s)": len(embedded.vectors) / max(embed_s, 1e-9),
             "wall time (s)": time.perf_counter() - started,
@@ -58,3 +65,8 @@ def main(cfg: Config, model_version: str | None = None) -> Manifest:
     for image_id, err in list(embedded.errors.items())[:5]:
         print(f"  skipped {image_id}: {err}")
     return manifest
+
+
+def _span(values: list[int | None]) -> str:
+    got = [v for v in values if v is not None]
+    return f"{min(got)}-{max(got)}" if got else "-"

@@ -63,7 +63,7 @@ class ShardSearcher:
         self.index = ShardedIndex((category[s.name], s) for s in shards)
 
     def search(
-        self, vector: np.ndarray, k: int, shortlist: int, categories: list[str] | None
+        self, vector: np.ndarray, k: int, shortlist: int | None, categories: list[str] | None
     ) -> list[Hit]:
         return self.index.search(vector.reshape(1, -1), k, shortlist, categories)[0]
 

@@ -240,8 +240,17 @@ class IndexConfig(_Strict):
 
     #: Hash buckets per category; each (category, bucket) pair is one shard.
     buckets_per_category: int = Field(1, ge=1)
-    #: Candidates kept from the Hamming shortlist per shard before float rescoring.
-    shortlist: int = Field(100, ge=1)
+    #: Candidates kept from the Hamming shortlist per shard before float rescoring. None: each
+    #: shard's own, tuned at build time to reach ``recall_target`` (recorded in the manifest);
+    #: a number overrides every shard's.
+    shortlist: int | None = Field(None, ge=1)
+    #: Recall@``recall_k`` against exact search that each shard's tuned shortlist reaches on
+    #: ``probe_queries`` held-out probes: its own vectors searched against the other rows, each
+    #: moved in a random direction by ``probe_noise`` times its nearest-neighbour distance.
+    recall_target: float = Field(0.95, gt=0, le=1)
+    recall_k: int = Field(10, ge=1)
+    probe_queries: int = Field(200, ge=1)
+    probe_noise: float = Field(0.0, ge=0)
     #: Ray Data actors embedding the catalogue, and the batch each gets.
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0, le=0.5)

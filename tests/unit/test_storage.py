@@ -132,6 +132,10 @@ def test_index_store_publish_and_verify(tmp_path: Path) -> None:
     assert store.manifest().model_version == "m1"
     shards = store.load_shards(store.manifest())
     assert sum(len(s) for s in shards) == 30
+    # Each shard's tuned shortlist travels through the manifest to the loaded shard.
+    tuned = {e.name: e.shortlist for e in store.manifest().shards}
+    assert all(v is not None for v in tuned.values())
+    assert {s.name: s.shortlist for s in shards} == tuned
     # A second version written but never published leaves i1 current.
     store.write_version("i2", _shards(seed=1)[0], "m2", dim, {})
     assert store.current() == "i1"

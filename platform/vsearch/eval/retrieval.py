@@ -16,6 +16,7 @@ import pyarrow as pa
 from vsearch.eval.metrics import ann_recall, exact_topk, mean_average_precision, recall_at_k
 from vsearch.index.builder import build_shards
 from vsearch.index.searcher import ShardedIndex
+from vsearch.index.tuning import TuningSpec
 
 
 @dataclass
@@ -63,20 +64,23 @@ def evaluate_retrieval(
     catalog_vectors: np.ndarray,
     catalog_meta: pa.Table,
     canonical: Mapping[str, str] | None = None,
-    shortlist: int = 100,
+    shortlist: int | None = None,
     buckets_per_category: int = 1,
+    tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
 
     ``catalog_meta`` has the index metadata columns (image_id, product_id, category, title,
     quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
+    The shards are built and searched as the reindex job and the service do: each shard's
+    shortlist tuned to ``tuning`` unless ``shortlist`` overrides it.
     """
     canonical = dict(canonical or {})
     k_images = 10 * 4  # enough images to fill 10 distinct products in practice
     product_of_row = catalog_meta["product_id"].to_pylist()
     row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
     index = ShardedIndex.from_built(
-        build_shards(catalog_vectors, catalog_meta, buckets_per_category)
+        build_shards(catalog_vectors, catalog_meta, buckets_per_category, tuning)
     )
     hits = index.search(query_vectors, k_images, shortlist)
     approx_rows = np.full((len(hits), k_images), -1, dtype=np.int64)

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from vsearch.index.manifest import ShardEntry, sha256_hex
 from vsearch.index.shard import ShardIndex
+from vsearch.index.tuning import Tuning, TuningSpec, tune_shortlist
 
 _SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 _SLUG_MAX = 40
@@ -44,11 +45,12 @@ def bucket_of(image_id: str, buckets: int) -> int:
 
 @dataclass(frozen=True)
 class BuiltShard:
-    """A freshly built shard and the (category, bucket) it holds."""
+    """A freshly built shard, the (category, bucket) it holds and how its search was tuned."""
 
     category: str
     bucket: int
     index: ShardIndex
+    tuning: Tuning | None = None
 
     @property
     def name(self) -> str:
@@ -65,13 +67,23 @@ class BuiltShard:
             count=len(self.index),
             files={fname: sha256_hex(data) for fname, data in files.items()},
         )
+        if self.tuning is not None:
+            t = self.tuning
+            entry = entry.model_copy(
+                update={"shortlist": t.shortlist, "recall": round(t.recall, 4), "recall_k": t.k,
+                        "recall_target": t.target, "probes": t.probes}
+            )  # fmt: skip
         return entry, files
 
 
 def build_shards(
-    vectors: np.ndarray, meta: pa.Table, buckets_per_category: int
+    vectors: np.ndarray,
+    meta: pa.Table,
+    buckets_per_category: int,
+    tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
 ) -> list[BuiltShard]:
-    """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group.
+    """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group,
+    each with its shortlist tuned to ``tuning`` (None: untuned; searches must then pass one).
 
     ``vectors``: (n, d) float (normalised by :meth:`ShardIndex.build`); ``meta``: n rows with at
     least image_id, product_id, category, title, quality, popularity. Empty buckets get no shard.
@@ -108,5 +120,8 @@ def build_shards(
         index = ShardIndex.build(
             shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows))
         )
-        shards.append(BuiltShard(category=category, bucket=bucket, index=index))
+        tuned = tune_shortlist(index, tuning) if tuning is not None else None
+        if tuned is not None:
+            index.shortlist = tuned.shortlist
+        shards.append(BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned))
     return shards

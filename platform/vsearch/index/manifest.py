@@ -20,8 +20,10 @@ def sha256_hex(data: bytes) -> str:
 
 
 class ShardEntry(BaseModel):
-    """One shard: its name, the (category, bucket) it holds, its row count, and
-    ``files``: file name -> SHA-256 hex of that file's bytes."""
+    """One shard: its name, the (category, bucket) it holds, its row count, ``files``: file
+    name -> SHA-256 hex of that file's bytes, and its search parameters: the ``shortlist`` tuned
+    at build time and the recall@``recall_k`` it measured on ``probes`` probe queries against
+    exact search, for ``recall_target`` (all None / 0 in an index built before tuning)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +32,11 @@ class ShardEntry(BaseModel):
     bucket: int = Field(ge=0)
     count: int = Field(ge=0)
     files: dict[str, str]
+    shortlist: int | None = Field(None, ge=1)
+    recall: float | None = Field(None, ge=0, le=1)
+    recall_k: int | None = Field(None, ge=1)
+    recall_target: float | None = Field(None, gt=0, le=1)
+    probes: int = Field(0, ge=0)
 
     @field_validator("files")
     @classmethod

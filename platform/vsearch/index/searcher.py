@@ -106,14 +106,15 @@ class ShardedIndex:
         self,
         queries: np.ndarray,
         k: int,
-        shortlist: int,
+        shortlist: int | None = None,
         categories: list[str] | None = None,
     ) -> list[list[Hit]]:
         """Global top-``k`` hits per query over the shards of ``categories``.
 
         ``queries``: (m, d) float (normalised by each shard). ``shortlist`` is the Hamming
-        shortlist per shard (see :meth:`ShardIndex.search`). ``categories=None`` searches every
-        shard; unknown categories are ignored, and when no shard matches each query gets ``[]``.
+        shortlist per shard (see :meth:`ShardIndex.search`); None: each shard's tuned one.
+        ``categories=None`` searches every shard; unknown categories are ignored, and when no
+        shard matches each query gets ``[]``.
         Returns ``m`` lists of at most ``k`` hits, best first.
         """
         queries = np.asarray(queries)

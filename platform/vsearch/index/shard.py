@@ -67,9 +67,17 @@ class ShardIndex:
     """
 
     def __init__(
-        self, name: str, index: faiss.IndexBinary, vectors: np.ndarray, meta: pa.Table
+        self,
+        name: str,
+        index: faiss.IndexBinary,
+        vectors: np.ndarray,
+        meta: pa.Table,
+        shortlist: int | None = None,
     ) -> None:
         """Assemble a shard from parts already checked by :meth:`build` / :meth:`from_bytes`."""
+        #: The shortlist a search without one uses: tuned at build time to the index's recall
+        #: target (``vsearch.index.tuning``) and recorded in the manifest; None: not tuned.
+        self.shortlist = shortlist
         self._name = name
         self._index = index
         self._vectors = vectors
@@ -130,17 +138,27 @@ class ShardIndex:
     def __repr__(self) -> str:
         return f"ShardIndex(name={self._name!r}, rows={len(self)}, dim={self.dim})"
 
-    def search(self, queries: np.ndarray, k: int, shortlist: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, shortlist: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows per query by inner product, via a Hamming shortlist.
 
         ``queries``: (m, d) float, L2-normalised here (so scores are cosine similarities).
         The binary index proposes ``max(k, shortlist)`` candidates per query (all rows when the
-        shard is smaller), which are rescored exactly with the float vectors.
+        shard is smaller), which are rescored exactly with the float vectors. ``shortlist=None``
+        uses the shard's tuned :attr:`shortlist` (``ValueError`` when it has none).
         Returns ``(scores, rows)``: (m, k) float32 descending and (m, k) int64 row ids into this
         shard, padded with ``-inf`` / ``-1`` past the shard's size. Equal scores are ordered by
         ascending row id.
         """
         queries = self._check_queries(queries)
+        if shortlist is None:
+            if self.shortlist is None:
+                raise ValueError(
+                    f"shard {self._name!r} has no tuned shortlist (an index built before "
+                    "tuning); set index.shortlist"
+                )
+            shortlist = self.shortlist
         if k < 1 or shortlist < 0:
             raise ValueError(f"need k >= 1 and shortlist >= 0, got k={k}, shortlist={shortlist}")
         m = queries.shape[0]
@@ -182,8 +200,11 @@ class ShardIndex:
         }
 
     @classmethod
-    def from_bytes(cls, name: str, files: dict[str, bytes]) -> ShardIndex:
-        """Inverse of :meth:`to_bytes`; ``ValueError`` when a file is missing or parts disagree."""
+    def from_bytes(
+        cls, name: str, files: dict[str, bytes], shortlist: int | None = None
+    ) -> ShardIndex:
+        """Inverse of :meth:`to_bytes` (``shortlist``: the tuned one, from the manifest);
+        ``ValueError`` when a file is missing or parts disagree."""
         missing = [f for f in SHARD_FILES if f not in files]
         if missing:
             raise ValueError(f"shard {name!r} is missing files {missing}")
@@ -198,7 +219,7 @@ class ShardIndex:
                 f"vectors {vectors.shape}"
             )
         meta = _check_meta(meta, vectors.shape[0])
-        return cls(name, index, np.ascontiguousarray(vectors), meta)
+        return cls(name, index, np.ascontiguousarray(vectors), meta, shortlist)
 
 
 def _rescore(

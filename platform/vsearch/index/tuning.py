@@ -1,0 +1,163 @@
+"""Tune each shard's search to a recall target instead of a fixed shortlist.
+
+At build time a shard draws held-out probe queries: some of its own vectors, each searched
+against the other rows (its own row left out of the results), optionally moved by noise scaled to
+its neighbourhood. Exact inner-product search over the shard is the ground truth; the tuning picks
+the smallest Hamming shortlist whose float rescoring returns at least ``target`` of the exact
+top-``k``. The manifest records the shortlist and the recall it measured; searchers read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vsearch.config import IndexConfig
+from vsearch.index.shard import ShardIndex, l2_normalise
+
+__all__ = [
+    "SHORTLISTS",
+    "Tuning",
+    "TuningSpec",
+    "exact_rows",
+    "probe_queries",
+    "tune_shortlist",
+    "tuning_spec",
+]
+
+#: The shortlists tried, cheapest first; a shard no larger than one is searched exhaustively.
+SHORTLISTS: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+                               1536, 2048, 4096)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """What a shard is tuned to: recall@``k`` >= ``target`` on ``probes`` probe queries made of
+    its vectors moved by ``noise`` times their nearest-neighbour distance (``probe_queries``);
+    ``seed`` fixes the draw."""
+
+    target: float = 0.95
+    k: int = 10
+    probes: int = 200
+    noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 1:
+            raise ValueError(f"recall target must be in (0, 1], got {self.target}")
+        if self.k < 1 or self.probes < 1 or self.noise < 0:
+            raise ValueError(f"need k >= 1, probes >= 1, noise >= 0; got {self}")
+
+
+def tuning_spec(cfg: IndexConfig) -> TuningSpec:
+    """The tuning an index config asks for (the reindex job and evaluation both build with it)."""
+    return TuningSpec(cfg.recall_target, cfg.recall_k, cfg.probe_queries, cfg.probe_noise)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The tuned shortlist, the recall@``k`` it reached on ``probes`` probes, and whether that
+    met ``target`` (False when even the largest shortlist tried fell short)."""
+
+    shortlist: int
+    recall: float
+    k: int
+    probes: int
+    target: float
+    reached: bool
+
+
+def probe_queries(
+    vectors: np.ndarray, count: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out probes: ``(rows, queries)``, ``min(count, n)`` distinct rows of ``vectors`` and
+    their vectors, each moved in a random direction by ``noise`` times its distance to its
+    nearest other row and L2-normalised. The tuning leaves a probe's own row out of both the
+    exact and the approximate results, so with ``noise`` 0 a probe is a catalogue image searched
+    against the others; with ``noise`` 1 it is about as far from its row as that row's nearest
+    neighbour is, whatever the scale of the data."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, min(count, n), replace=False))
+    base = vectors[rows]
+    if noise == 0:
+        return rows, base.copy()
+    if n > 1:
+        sims = base @ vectors.T
+        sims[np.arange(len(rows)), rows] = -np.inf
+        nearest = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sims.max(axis=1)))[:, None]
+    else:
+        nearest = np.ones((1, 1), np.float32)
+    direction = l2_normalise(rng.standard_normal((len(rows), d)).astype(np.float32))
+    return rows, l2_normalise(base + noise * nearest * direction)
+
+
+def _drop(found: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+    """The first ``k`` entries of each row of ``found`` other than that row's ``exclude``."""
+    if exclude is None:
+        return found[:, :k]
+    keep = found != exclude[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, in their order
+    return np.take_along_axis(np.where(keep, found, -1), order, axis=1)[:, :k]
+
+
+def exact_rows(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    block: int = 256,
+) -> np.ndarray:
+    """``(m, min(k, n)) int64``: each query's exact top-``k`` rows by inner product (ties to the
+    lower row), leaving out row ``exclude[i]`` for query ``i`` (padded with -1 where that leaves
+    fewer), computed ``block`` queries at a time."""
+    n = len(vectors)
+    kk = min(k, n)
+    fetch = min(kk + (exclude is not None), n)
+    out = np.empty((len(queries), kk), dtype=np.int64)
+    for start in range(0, len(queries), block):
+        sims = queries[start : start + block] @ vectors.T
+        part = (
+            np.argpartition(-sims, fetch - 1, axis=1)[:, :fetch]
+            if fetch < n
+            else np.tile(np.arange(n), (len(sims), 1))
+        )
+        top = np.take_along_axis(sims, part, axis=1)
+        ranked = np.take_along_axis(part, np.lexsort((part, -top), axis=1), axis=1)
+        held = None if exclude is None else exclude[start : start + block]
+        out[start : start + block] = _drop(ranked, held, kk)
+    return out
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(
+        len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist()))
+        for f, t in zip(found, truth, strict=True)
+    )
+    total = int((truth >= 0).sum())
+    return hits / total if total else 1.0
+
+
+def tune_shortlist(
+    shard: ShardIndex, spec: TuningSpec, shortlists: tuple[int, ...] = SHORTLISTS
+) -> Tuning:
+    """The smallest shortlist of ``shortlists`` whose search reaches ``spec.target`` recall@k on
+    the shard's held-out probe queries (exact search as truth); the largest tried when none
+    does. A probe's own row is left out of both result lists (searched one deeper for it)."""
+    n = len(shard)
+    if n <= 1:
+        return Tuning(spec.k, 1.0, spec.k, 0, spec.target, True)
+    rows, probes = probe_queries(shard.vectors, spec.probes, spec.noise, spec.seed)
+    truth = exact_rows(shard.vectors, probes, spec.k, exclude=rows)
+    tried = sorted({min(s, n) for s in shortlists if s >= 1} | {min(max(shortlists), n)})
+    recall = 0.0
+    for shortlist in tried:
+        _, found = shard.search(probes, spec.k + 1, shortlist + 1)
+        recall = _recall(_drop(found, rows, spec.k), truth)
+        if recall >= spec.target or shortlist >= n:
+            return Tuning(
+                shortlist, recall, spec.k, len(probes), spec.target, recall >= spec.target
+            )
+    return Tuning(tried[-1], recall, spec.k, len(probes), spec.target, False)

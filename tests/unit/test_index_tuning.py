@@ -1,0 +1,127 @@
+"""Tuning a shard's shortlist to a recall target on probe queries (``vsearch.index.tuning``)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vsearch.config import IndexConfig
+from vsearch.index import ShardIndex, build_shards, l2_normalise
+from vsearch.index.tuning import (
+    TuningSpec,
+    exact_rows,
+    probe_queries,
+    tune_shortlist,
+    tuning_spec,
+)
+
+faiss.omp_set_num_threads(1)
+
+
+def _meta(n: int, category: str = "c") -> pa.Table:
+    return pa.table(
+        {
+            "image_id": [f"i{i:05d}" for i in range(n)],
+            "product_id": [f"p{i:05d}" for i in range(n)],
+            "category": [category] * n,
+            "title": ["t"] * n,
+            "quality": pa.array(np.ones(n), pa.float32()),
+            "popularity": pa.array(np.zeros(n), pa.float32()),
+        }
+    )
+
+
+def _clustered(n: int, d: int = 64, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d))
+    return l2_normalise(centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, d)))
+
+
+def _recall(
+    shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, k: int, shortlist: int
+) -> float:
+    """Held-out recall@k: each probe's own row left out of both lists."""
+    _, found = shard.search(probes, k + 1, shortlist + 1)
+    truth = exact_rows(shard.vectors, probes, k, exclude=rows)
+    got = [[r for r in f if r != own][:k] for f, own in zip(found, rows, strict=True)]
+    return float(np.mean([len(set(g) & set(t)) / k for g, t in zip(got, truth, strict=True)]))
+
+
+def test_exact_rows_matches_a_sort_and_leaves_out_the_probe() -> None:
+    x = _clustered(300)
+    _, q = probe_queries(x, 20, 1.0, seed=3)
+    expected = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :7]
+    assert np.array_equal(exact_rows(x, q, 7, block=6), expected)
+    assert exact_rows(x[:5], q, 7).shape == (20, 5)
+    rows0, q0 = probe_queries(x, 20, 0.0, seed=3)
+    assert np.array_equal(q0, x[rows0])
+    held = exact_rows(x, q0, 7, exclude=rows0)
+    full = np.argsort(-(q0 @ x.T), axis=1, kind="stable")
+    assert (held != rows0[:, None]).all()
+    assert np.array_equal(held, full[:, 1:8])  # itself first, then the rest in order
+    assert (exact_rows(x[:3], x[:3], 7, exclude=np.arange(3)) >= 0).sum(axis=1).tolist() == [2] * 3
+
+
+def test_noisy_probes_are_near_their_rows_but_not_on_them() -> None:
+    x = _clustered(500)
+    rows, q = probe_queries(x, 50, 1.0, seed=0)
+    assert q.shape == (50, 64) and len(set(rows.tolist())) == 50
+    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    own = np.einsum("md,md->m", q, x[rows])
+    assert (own < 0.999).all() and (own > 0.5).all()
+    assert probe_queries(x, 10_000, 1.0, seed=0)[1].shape == (500, 64)  # at most every row
+
+
+def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
+    shard = ShardIndex.build("s", _clustered(4000), _meta(4000))
+    spec = TuningSpec(target=0.9, k=10, probes=200, seed=0)
+    tuned = tune_shortlist(shard, spec)
+    assert tuned.reached and tuned.recall >= 0.9 and tuned.probes == 200
+    assert 10 <= tuned.shortlist < 4000  # cheaper than exhaustive search
+    # Held out: other probes (another seed) still reach about the target.
+    rows, held_out = probe_queries(shard.vectors, 300, 0.0, seed=7)
+    assert _recall(shard, rows, held_out, 10, tuned.shortlist) >= 0.87
+    # It is the cheapest such shortlist: the next smaller one tried falls short on the probes.
+    rows, probes = probe_queries(shard.vectors, 200, 0.0, seed=0)
+    smaller = [s for s in (10, 16, 24, 32, 48, 64, 96, 128, 192, 256) if s < tuned.shortlist]
+    if smaller:
+        assert _recall(shard, rows, probes, 10, smaller[-1]) < 0.9
+    # Noisier probes are harder: they need at least as long a shortlist.
+    noisy = tune_shortlist(shard, TuningSpec(target=0.9, k=10, probes=200, noise=1.0))
+    assert noisy.shortlist >= tuned.shortlist
+
+
+def test_small_shard_is_searched_exhaustively_and_unreachable_target_is_reported() -> None:
+    small = ShardIndex.build("s", _clustered(30), _meta(30))
+    tuned = tune_shortlist(small, TuningSpec(target=1.0))
+    assert tuned.reached and tuned.recall == 1.0 and tuned.shortlist <= 30
+    big = ShardIndex.build("b", _clustered(3000, seed=1), _meta(3000))
+    capped = tune_shortlist(big, TuningSpec(target=1.0, probes=50), shortlists=(10, 16))
+    assert not capped.reached and capped.shortlist == 16 and capped.recall < 1.0
+
+
+def test_built_shards_carry_their_tuning_into_search_and_manifest() -> None:
+    x = _clustered(1200)
+    meta = pa.concat_tables([_meta(600, "a"), _meta(600, "b")])
+    meta = meta.set_column(0, "image_id", pa.array([f"i{i:05d}" for i in range(1200)]))
+    built = build_shards(x, meta, 1, TuningSpec(target=0.9, probes=100))
+    for b in built:
+        entry, _ = b.package()
+        assert entry.shortlist == b.index.shortlist == b.tuning.shortlist
+        assert entry.recall is not None and entry.recall >= 0.9
+        assert entry.recall_k == 10 and entry.recall_target == 0.9 and entry.probes == 100
+        q = probe_queries(b.index.vectors, 5, 1.0, seed=2)[1]
+        assert np.array_equal(b.index.search(q, 5)[1], b.index.search(q, 5, entry.shortlist)[1])
+    untuned = build_shards(x, meta, 1, tuning=None)
+    assert untuned[0].package()[0].shortlist is None
+    with pytest.raises(ValueError, match="no tuned shortlist"):
+        untuned[0].index.search(x[:2], 5)
+
+
+def test_tuning_spec_from_config() -> None:
+    cfg = IndexConfig(recall_target=0.97, recall_k=5, probe_queries=50, probe_noise=0.3)
+    assert tuning_spec(cfg) == TuningSpec(target=0.97, k=5, probes=50, noise=0.3)
+    with pytest.raises(ValueError, match="recall target"):
+        TuningSpec(target=0.0)
