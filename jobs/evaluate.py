@@ -128,6 +128,7 @@ def main(
         "shortlist": cfg.index.shortlist,
         "buckets_per_category": cfg.index.buckets_per_category,
         "tuning": tuning_spec(cfg.index),
+        "ivf_above": cfg.index.ivf_above,
     }
     p2c = evaluate_retrieval(
         pred.embeddings, products, catalog_vectors, catalog_meta, canonical, **args

@@ -32,7 +32,11 @@ def main(cfg: Config, model_version: str | None = None) -> Manifest:
             f"{embedded.error_counts()}); the published index is unchanged"
         )
     built = build_shards(
-        embedded.vectors, embedded.meta, cfg.index.buckets_per_category, tuning_spec(cfg.index)
+        embedded.vectors,
+        embedded.meta,
+        cfg.index.buckets_per_category,
+        tuning_spec(cfg.index),
+        cfg.index.ivf_above,
     )
     store = IndexStore(storage)
     stats = {

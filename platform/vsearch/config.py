@@ -251,6 +251,9 @@ class IndexConfig(_Strict):
     recall_k: int = Field(10, ge=1)
     probe_queries: int = Field(200, ge=1)
     probe_noise: float = Field(0.0, ge=0)
+    #: Shards of more rows than this get an inverted file over their codes ("BIVF<nlist>", lists
+    #: probed tuned with the shortlist) instead of an exhaustive Hamming scan ("BFlat").
+    ivf_above: int | None = Field(50_000, ge=1)
     #: Ray Data actors embedding the catalogue, and the batch each gets.
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0, le=0.5)

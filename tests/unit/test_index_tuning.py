@@ -125,3 +125,37 @@ def test_tuning_spec_from_config() -> None:
     assert tuning_spec(cfg) == TuningSpec(target=0.97, k=5, probes=50, noise=0.3)
     with pytest.raises(ValueError, match="recall target"):
         TuningSpec(target=0.0)
+
+
+def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist() -> None:
+    x = _clustered(6000, seed=4)
+    shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000)
+    assert shard.engine.startswith("BIVF") and shard.nprobe is not None
+    assert ShardIndex.build("f", x[:100], _meta(100), ivf_above=5000).engine == "BFlat"
+    tuned = tune_shortlist(shard, TuningSpec(target=0.9, probes=150))
+    assert tuned.reached and tuned.nprobe is not None and tuned.recall >= 0.9
+    assert (shard.shortlist, shard.nprobe) == (tuned.shortlist, tuned.nprobe)
+    rows, held_out = probe_queries(shard.vectors, 300, 0.0, seed=9)
+    assert _recall(shard, rows, held_out, 10, tuned.shortlist) >= 0.85
+    # Settings survive serialisation (the manifest carries them to the searchers).
+    again = ShardIndex.from_bytes("s", shard.to_bytes(), tuned.shortlist, tuned.nprobe)
+    assert again.engine == shard.engine and again.nprobe == tuned.nprobe
+    assert np.array_equal(again.search(held_out[:20], 10)[1], shard.search(held_out[:20], 10)[1])
+    # Probing one list can find fewer candidates than asked: padding, never a wrong row.
+    scores, found = shard.search(held_out[:50], 10, shortlist=4000, nprobe=1)
+    assert ((found >= 0) | np.isneginf(scores)).all()
+    exact = held_out[:50] @ shard.vectors.T
+    ok = found >= 0
+    assert np.allclose(
+        scores[ok], np.take_along_axis(exact, np.maximum(found, 0), 1)[ok], atol=1e-5
+    )
+    # A search with an explicit nprobe leaves the tuned one in place.
+    assert shard.nprobe == tuned.nprobe
+
+
+def test_build_shards_records_engine_and_nprobe() -> None:
+    x = _clustered(3000, seed=5)
+    built = build_shards(x, _meta(3000), 1, TuningSpec(target=0.9, probes=100), ivf_above=2000)
+    entry, _ = built[0].package()
+    assert entry.engine.startswith("BIVF") and entry.nprobe == built[0].index.nprobe
+    assert entry.shortlist == built[0].index.shortlist

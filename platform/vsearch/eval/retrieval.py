@@ -67,6 +67,7 @@ def evaluate_retrieval(
     shortlist: int | None = None,
     buckets_per_category: int = 1,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
+    ivf_above: int | None = None,
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
 
@@ -80,7 +81,7 @@ def evaluate_retrieval(
     product_of_row = catalog_meta["product_id"].to_pylist()
     row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
     index = ShardedIndex.from_built(
-        build_shards(catalog_vectors, catalog_meta, buckets_per_category, tuning)
+        build_shards(catalog_vectors, catalog_meta, buckets_per_category, tuning, ivf_above)
     )
     hits = index.search(query_vectors, k_images, shortlist)
     approx_rows = np.full((len(hits), k_images), -1, dtype=np.int64)

@@ -65,13 +65,14 @@ class BuiltShard:
             category=self.category,
             bucket=self.bucket,
             count=len(self.index),
+            engine=self.index.engine,
             files={fname: sha256_hex(data) for fname, data in files.items()},
         )
         if self.tuning is not None:
             t = self.tuning
             entry = entry.model_copy(
-                update={"shortlist": t.shortlist, "recall": round(t.recall, 4), "recall_k": t.k,
-                        "recall_target": t.target, "probes": t.probes}
+                update={"shortlist": t.shortlist, "nprobe": t.nprobe, "recall": round(t.recall, 4),
+                        "recall_k": t.k, "recall_target": t.target, "probes": t.probes}
             )  # fmt: skip
         return entry, files
 
@@ -81,9 +82,12 @@ def build_shards(
     meta: pa.Table,
     buckets_per_category: int,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
+    ivf_above: int | None = None,
 ) -> list[BuiltShard]:
     """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group,
-    each with its shortlist tuned to ``tuning`` (None: untuned; searches must then pass one).
+    each with its search tuned to ``tuning`` (None: untuned; searches must then pass a
+    shortlist). Shards of more than ``ivf_above`` rows get an inverted-file engine
+    (:meth:`ShardIndex.build`).
 
     ``vectors``: (n, d) float (normalised by :meth:`ShardIndex.build`); ``meta``: n rows with at
     least image_id, product_id, category, title, quality, popularity. Empty buckets get no shard.
@@ -118,10 +122,8 @@ def build_shards(
         category = str(cat_names[k // buckets_per_category])
         bucket = int(k % buckets_per_category)
         index = ShardIndex.build(
-            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows))
+            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows)), ivf_above
         )
         tuned = tune_shortlist(index, tuning) if tuning is not None else None
-        if tuned is not None:
-            index.shortlist = tuned.shortlist
         shards.append(BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned))
     return shards

@@ -21,9 +21,10 @@ def sha256_hex(data: bytes) -> str:
 
 class ShardEntry(BaseModel):
     """One shard: its name, the (category, bucket) it holds, its row count, ``files``: file
-    name -> SHA-256 hex of that file's bytes, and its search parameters: the ``shortlist`` tuned
-    at build time and the recall@``recall_k`` it measured on ``probes`` probe queries against
-    exact search, for ``recall_target`` (all None / 0 in an index built before tuning)."""
+    name -> SHA-256 hex of that file's bytes, its Hamming ``engine`` (a FAISS binary factory
+    string, "BFlat" or "BIVF<nlist>") and its search parameters: the ``shortlist`` (and, for
+    "BIVF", ``nprobe``) tuned at build time and the recall@``recall_k`` it measured on ``probes``
+    probe queries against exact search, for ``recall_target`` (None / 0 when not tuned)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,7 +33,9 @@ class ShardEntry(BaseModel):
     bucket: int = Field(ge=0)
     count: int = Field(ge=0)
     files: dict[str, str]
+    engine: str = "BFlat"
     shortlist: int | None = Field(None, ge=1)
+    nprobe: int | None = Field(None, ge=1)
     recall: float | None = Field(None, ge=0, le=1)
     recall_k: int | None = Field(None, ge=1)
     recall_target: float | None = Field(None, gt=0, le=1)

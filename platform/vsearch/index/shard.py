@@ -1,7 +1,8 @@
 """One index shard: a FAISS binary index over sign codes plus the float vectors and row metadata.
 
-Search is two-stage, after Alibaba's visual search: a Hamming-distance shortlist from the
-``IndexBinaryFlat``, then exact inner-product rescoring of the shortlist with the float vectors.
+Search is two-stage, after Alibaba's visual search: a Hamming-distance shortlist from the binary
+index (an exhaustive ``IndexBinaryFlat``, or an ``IndexBinaryIVF`` for large shards), then exact
+inner-product rescoring of the shortlist with the float vectors.
 Serialisation is to and from ``bytes`` only; the storage layer writes the files.
 """
 
@@ -60,7 +61,7 @@ def _check_meta(meta: pa.Table, rows: int) -> pa.Table:
 class ShardIndex:
     """A searchable shard of ``len(self)`` rows of width ``dim``.
 
-    Holds a FAISS ``IndexBinaryFlat`` over the sign codes, the (n, d) float32 L2-normalised
+    Holds a FAISS binary index (:attr:`engine`) over the sign codes, the (n, d) float32 L2-normalised
     vectors and a metadata table with at least :data:`META_COLUMNS` (quality and popularity as
     float32), row ``i`` of each describing the same image. Build with :meth:`build` or
     :meth:`from_bytes`.
@@ -86,12 +87,17 @@ class ShardIndex:
         self._codec = BinaryCodec(vectors.shape[1])
 
     @classmethod
-    def build(cls, name: str, vectors: np.ndarray, meta: pa.Table) -> ShardIndex:
+    def build(
+        cls, name: str, vectors: np.ndarray, meta: pa.Table, ivf_above: int | None = None
+    ) -> ShardIndex:
         """Build a shard from (n, d) float vectors and an n-row metadata table.
 
         ``d`` must be a positive multiple of 8. Vectors are L2-normalised here (defensively: they
         need not arrive normalised); zero or non-finite rows raise ``ValueError``. Metadata must
         hold :data:`META_COLUMNS`; quality and popularity are cast to float32, extra columns kept.
+        The Hamming engine is an exhaustive ``IndexBinaryFlat`` ("BFlat") up to ``ivf_above``
+        rows (None: always), above that an inverted file over the codes ("BIVF<nlist>", about
+        ``4 sqrt(n)`` lists trained on the codes) whose lists probed are tuned with the shortlist.
         """
         if not name:
             raise ValueError("shard name must be non-empty")
@@ -107,10 +113,38 @@ class ShardIndex:
             raise ValueError("vectors contain all-zero rows, which cannot be normalised")
         meta = _check_meta(meta, vectors.shape[0])
         vectors = np.ascontiguousarray(l2_normalise(vectors))
-        index = faiss.IndexBinaryFlat(codec.dim)
-        if vectors.shape[0]:
-            index.add(codec.encode(vectors))
+        n = vectors.shape[0]
+        codes = codec.encode(vectors) if n else np.zeros((0, codec.code_size), np.uint8)
+        index: faiss.IndexBinary
+        if ivf_above is not None and n > ivf_above:
+            nlist = int(min(max(16, 4 * np.sqrt(n)), n // 39))
+            ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(codec.dim), codec.dim, nlist)
+            sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+            ivf.train(codes[np.sort(sample)])
+            ivf.nprobe = min(16, nlist)
+            index = ivf
+        else:
+            index = faiss.IndexBinaryFlat(codec.dim)
+        if n:
+            index.add(codes)
         return cls(name, index, vectors, meta)
+
+    @property
+    def engine(self) -> str:
+        """The Hamming engine as a FAISS binary factory string: "BFlat" or "BIVF<nlist>"."""
+        if isinstance(self._index, faiss.IndexBinaryIVF):
+            return f"BIVF{self._index.nlist}"
+        return "BFlat"
+
+    @property
+    def nprobe(self) -> int | None:
+        """Inverted lists a search probes (the tuned value once tuned); None for "BFlat"."""
+        return int(self._index.nprobe) if isinstance(self._index, faiss.IndexBinaryIVF) else None
+
+    @nprobe.setter
+    def nprobe(self, value: int | None) -> None:
+        if value is not None and isinstance(self._index, faiss.IndexBinaryIVF):
+            self._index.nprobe = max(1, min(int(value), int(self._index.nlist)))
 
     @property
     def name(self) -> str:
@@ -139,14 +173,15 @@ class ShardIndex:
         return f"ShardIndex(name={self._name!r}, rows={len(self)}, dim={self.dim})"
 
     def search(
-        self, queries: np.ndarray, k: int, shortlist: int | None = None
+        self, queries: np.ndarray, k: int, shortlist: int | None = None, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows per query by inner product, via a Hamming shortlist.
 
         ``queries``: (m, d) float, L2-normalised here (so scores are cosine similarities).
         The binary index proposes ``max(k, shortlist)`` candidates per query (all rows when the
         shard is smaller), which are rescored exactly with the float vectors. ``shortlist=None``
-        uses the shard's tuned :attr:`shortlist` (``ValueError`` when it has none).
+        uses the shard's tuned :attr:`shortlist` (``ValueError`` when it has none); ``nprobe``
+        overrides the tuned :attr:`nprobe` of a "BIVF" engine for this call.
         Returns ``(scores, rows)``: (m, k) float32 descending and (m, k) int64 row ids into this
         shard, padded with ``-inf`` / ``-1`` past the shard's size. Equal scores are ordered by
         ascending row id.
@@ -168,7 +203,12 @@ class ShardIndex:
         if m == 0 or n_cand == 0:
             return scores, rows
         queries = l2_normalise(queries)
-        _, cand = self._index.search(self._codec.encode(queries), n_cand)
+        tuned = self.nprobe
+        try:
+            self.nprobe = nprobe
+            _, cand = self._index.search(self._codec.encode(queries), n_cand)
+        finally:
+            self.nprobe = tuned
         kk = min(k, n_cand)
         step = max(1, _RESCORE_FLOATS // (n_cand * self.dim))
         for start in range(0, m, step):
@@ -201,10 +241,14 @@ class ShardIndex:
 
     @classmethod
     def from_bytes(
-        cls, name: str, files: dict[str, bytes], shortlist: int | None = None
+        cls,
+        name: str,
+        files: dict[str, bytes],
+        shortlist: int | None = None,
+        nprobe: int | None = None,
     ) -> ShardIndex:
-        """Inverse of :meth:`to_bytes` (``shortlist``: the tuned one, from the manifest);
-        ``ValueError`` when a file is missing or parts disagree."""
+        """Inverse of :meth:`to_bytes` (``shortlist`` and ``nprobe``: the tuned ones, from the
+        manifest); ``ValueError`` when a file is missing or parts disagree."""
         missing = [f for f in SHARD_FILES if f not in files]
         if missing:
             raise ValueError(f"shard {name!r} is missing files {missing}")
@@ -219,17 +263,23 @@ class ShardIndex:
                 f"vectors {vectors.shape}"
             )
         meta = _check_meta(meta, vectors.shape[0])
-        return cls(name, index, np.ascontiguousarray(vectors), meta, shortlist)
+        shard = cls(name, index, np.ascontiguousarray(vectors), meta, shortlist)
+        shard.nprobe = nprobe
+        return shard
 
 
 def _rescore(
     queries: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` of candidate rows: queries (b, d), cand (b, c) int64 -> (b, k) x 2."""
-    sims = np.einsum("bcd,bd->bc", vectors[cand], queries, dtype=np.float32)
+    """Exact top-``k`` of candidate rows: queries (b, d), cand (b, c) int64 -> (b, k) x 2.
+    A candidate -1 (an inverted file that found fewer) stays -1 with score ``-inf``, last."""
+    valid = cand >= 0
+    sims = np.einsum("bcd,bd->bc", vectors[np.where(valid, cand, 0)], queries, dtype=np.float32)
+    sims = np.where(valid, sims, np.float32(-np.inf))
     if k < sims.shape[1]:
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         sims = np.take_along_axis(sims, part, axis=1)
         cand = np.take_along_axis(cand, part, axis=1)
     order = np.lexsort((cand, -sims), axis=1)
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(cand, order, axis=1)
+    sims, cand = np.take_along_axis(sims, order, axis=1), np.take_along_axis(cand, order, axis=1)
+    return sims, np.where(np.isfinite(sims), cand, -1)

@@ -9,6 +9,7 @@ top-``k``. The manifest records the shortlist and the recall it measured; search
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from vsearch.config import IndexConfig
 from vsearch.index.shard import ShardIndex, l2_normalise
 
 __all__ = [
+    "NPROBES",
     "SHORTLISTS",
     "Tuning",
     "TuningSpec",
@@ -25,6 +27,9 @@ __all__ = [
     "tune_shortlist",
     "tuning_spec",
 ]
+
+#: Inverted lists probed that the tuning of a "BIVF" shard tries.
+NPROBES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 #: The shortlists tried, cheapest first; a shard no larger than one is searched exhaustively.
 SHORTLISTS: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
@@ -66,6 +71,10 @@ class Tuning:
     probes: int
     target: float
     reached: bool
+    #: Inverted lists probed ("BIVF" engines); None for an exhaustive "BFlat" shard.
+    nprobe: int | None = None
+    #: Seconds the probes took at these settings (what "cheapest" compared).
+    probe_seconds: float = 0.0
 
 
 def probe_queries(
@@ -140,24 +149,67 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
+def _held_out_recall(
+    shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, truth: np.ndarray, k: int,
+    shortlist: int, nprobe: int | None,
+) -> tuple[float, float]:  # fmt: skip
+    """(recall, seconds) of the probes at these settings, each probe's own row left out."""
+    started = time.perf_counter()
+    _, found = shard.search(probes, k + 1, shortlist + 1, nprobe)
+    seconds = time.perf_counter() - started
+    return _recall(_drop(found, rows, k), truth), seconds
+
+
+def _smallest_shortlist(
+    shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, truth: np.ndarray,
+    spec: TuningSpec, shortlists: tuple[int, ...], nprobe: int | None,
+) -> Tuning:  # fmt: skip
+    n = len(shard)
+    tried = sorted({min(s, n) for s in shortlists if s >= 1} | {min(max(shortlists), n)})
+    recall, seconds = 0.0, 0.0
+    for shortlist in tried:
+        recall, seconds = _held_out_recall(shard, rows, probes, truth, spec.k, shortlist, nprobe)
+        if recall >= spec.target:
+            break
+    return Tuning(
+        shortlist, recall, spec.k, len(probes), spec.target, recall >= spec.target, nprobe, seconds
+    )
+
+
 def tune_shortlist(
-    shard: ShardIndex, spec: TuningSpec, shortlists: tuple[int, ...] = SHORTLISTS
+    shard: ShardIndex,
+    spec: TuningSpec,
+    shortlists: tuple[int, ...] = SHORTLISTS,
+    nprobes: tuple[int, ...] = NPROBES,
 ) -> Tuning:
-    """The smallest shortlist of ``shortlists`` whose search reaches ``spec.target`` recall@k on
-    the shard's held-out probe queries (exact search as truth); the largest tried when none
-    does. A probe's own row is left out of both result lists (searched one deeper for it)."""
+    """The cheapest search settings of the shard that reach ``spec.target`` recall@k on its
+    held-out probe queries (exact search as truth), applied to the shard.
+
+    A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. A
+    "BIVF" shard gets, over ``nprobes``, the smallest such shortlist for each number of lists
+    probed and keeps the pair whose probes ran fastest. When nothing reaches the target the
+    largest settings tried are kept and ``reached`` is False. A probe's own row is left out of
+    both result lists (searched one deeper for it).
+    """
     n = len(shard)
     if n <= 1:
-        return Tuning(spec.k, 1.0, spec.k, 0, spec.target, True)
+        return Tuning(spec.k, 1.0, spec.k, 0, spec.target, True, shard.nprobe)
     rows, probes = probe_queries(shard.vectors, spec.probes, spec.noise, spec.seed)
     truth = exact_rows(shard.vectors, probes, spec.k, exclude=rows)
-    tried = sorted({min(s, n) for s in shortlists if s >= 1} | {min(max(shortlists), n)})
-    recall = 0.0
-    for shortlist in tried:
-        _, found = shard.search(probes, spec.k + 1, shortlist + 1)
-        recall = _recall(_drop(found, rows, spec.k), truth)
-        if recall >= spec.target or shortlist >= n:
-            return Tuning(
-                shortlist, recall, spec.k, len(probes), spec.target, recall >= spec.target
-            )
-    return Tuning(tried[-1], recall, spec.k, len(probes), spec.target, False)
+    if shard.nprobe is None:
+        best = _smallest_shortlist(shard, rows, probes, truth, spec, shortlists, None)
+    else:
+        nlist = int(shard.engine.removeprefix("BIVF"))
+        options = sorted({min(p, nlist) for p in nprobes if p >= 1})
+        found = [
+            _smallest_shortlist(shard, rows, probes, truth, spec, shortlists, p) for p in options
+        ]
+        reached = [t for t in found if t.reached]
+        best = (
+            min(reached, key=lambda t: t.probe_seconds)
+            if reached
+            else max(found, key=lambda t: t.recall)
+        )
+    shard.shortlist = best.shortlist
+    shard.nprobe = best.nprobe
+    return best

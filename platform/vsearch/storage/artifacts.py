@@ -182,5 +182,5 @@ class IndexStore:
             base = posixpath.join(self.prefix, manifest.version, "shards", entry.name)
             files = {f: self.storage.read_bytes(posixpath.join(base, f)) for f in entry.files}
             verify(entry, files)
-            shards.append(ShardIndex.from_bytes(entry.name, files, entry.shortlist))
+            shards.append(ShardIndex.from_bytes(entry.name, files, entry.shortlist, entry.nprobe))
         return shards
