@@ -324,8 +324,9 @@ class DedupConfig(_Strict):
     #: Decision thresholds reach this precision on labelled pairs (None: best F1 instead).
     target_precision: float | None = Field(None, gt=0, le=1)
     #: With labelled pairs, thresholds are cross-fitted over this many folds of the true clusters,
-    #: so no pair is decided by a model fitted on it.
-    folds: int = Field(2, ge=2)
+    #: so no pair is decided by a model fitted on it (10: each model sees 90% of the labels; 2
+    #: measured F1 0.865 against 0.886 on Abt-Buy, its thresholds fitted on half the pairs).
+    folds: int = Field(10, ge=2)
     #: A fitted combiner (JSON written by an earlier run) for catalogues without labels.
     combiner_url: str | None = None
     #: Largest cluster; a bigger connected component is split by dropping its weakest edges.
