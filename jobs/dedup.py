@@ -80,11 +80,6 @@ def _listings(cfg: Config) -> tuple[pa.Table, pa.Table | None, dict[str, int], s
 
 def _channels(cfg: Config, listings: pa.Table) -> list[str]:
     channels = list(dict.fromkeys(cfg.dedup.channels))
-    if cfg.dedup.listings == "photos" and channels != ["image"]:
-        raise ValueError(
-            "photo listings (dedup.listings: photos) have images but no titles; "
-            "set dedup.channels to [image]"
-        )
     if "image" in channels and listings["image_uri"].null_count == listings.num_rows:
         raise ValueError(
             "the image channel needs listing images and this dataset has none; "
@@ -124,6 +119,11 @@ def _image_model(cfg: Config, listings: pa.Table, base: str) -> tuple[str, str, 
 def main(cfg: Config, products: str | None = None) -> dict[str, Any]:
     """Run the dedup job; return its report (also written under storage ``reports/``)."""
     started = time.perf_counter()
+    if cfg.dedup.listings == "photos" and list(dict.fromkeys(cfg.dedup.channels)) != ["image"]:
+        raise ValueError(
+            "photo listings (dedup.listings: photos) have images but no titles; "
+            "set dedup.channels to [image]"
+        )
     listings, matches, skipped, source, prefix = _listings(cfg)
     channels = _channels(cfg, listings)
     ids = listings["listing_id"].to_pylist()

@@ -71,7 +71,13 @@ def test_dedup_job_all_channels_bad_image_and_query_mode(tmp_path: Path) -> None
     assert all({"d000000", "p000001"} & {r["a"], r["b"]} for r in rows)
 
     # Photos as re-uploaded listings (the GroceryStore mode), image channel only.
-    photos = [*TINY, "dedup.channels=[image]", "dedup.listings=photos", "data.eval_split=train"]
+    photos = [
+        *TINY,
+        "data.synthetic.views_per_product=3",  # 2 train views and 1 test view per product
+        "dedup.channels=[image]",
+        "dedup.listings=photos",
+        "data.eval_split=train",
+    ]
     report_p = dedup.main(load_config(None, [f"storage={tmp_path / 'var'}", *photos]))
     assert report_p["channels_run"] == ["image"]
     assert report_p["evaluation"]["true_pairs"] == 16  # 16 products, 2 train photos each
