@@ -23,6 +23,25 @@ WORKER_ENV = {
 }
 
 
+#: Loggers of Ray internals whose warnings need no action from a user of these jobs.
+QUIET_LOGGERS = (
+    # Ray Train's placement-group cleaner asks the State API every second whether the train
+    # controller is alive; a cluster started without the dashboard does not serve that API, so
+    # it warns "Failed to query Ray Train Controller actor state" about once a second.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+)
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process of our sessions (``worker_process_setup_hook``)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+#: ``quiet_worker_logs`` by import path, as Ray's runtime environment names it.
+SETUP_HOOK = f"{__name__}.{quiet_worker_logs.__name__}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -58,7 +77,10 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         "include_dashboard": False,
         "log_to_driver": True,
         "logging_level": logging.WARNING,  # no "Started a local Ray instance" line
-        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+        "runtime_env": {
+            "env_vars": dict(WORKER_ENV),
+            "worker_process_setup_hook": SETUP_HOOK,
+        },
     }
     if cfg.address == "local":
         kwargs["num_cpus"] = cfg.num_cpus

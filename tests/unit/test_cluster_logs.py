@@ -1,0 +1,20 @@
+"""The worker setup hook named in every Ray session silences Ray internals that warn about nothing
+a user can act on (measured: 68 "Failed to query Ray Train Controller actor state" lines in an
+80 s tiny training run without it, 0 with it)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from vsearch.runtime import cluster
+
+
+def test_setup_hook_resolves_and_quiets_the_placement_group_cleaner() -> None:
+    module, _, name = cluster.SETUP_HOOK.rpartition(".")
+    hook = getattr(importlib.import_module(module), name)
+    logger = logging.getLogger(cluster.QUIET_LOGGERS[0])
+    logger.setLevel(logging.NOTSET)
+    hook()
+    assert logger.getEffectiveLevel() == logging.ERROR
+    assert not logger.isEnabledFor(logging.WARNING)
