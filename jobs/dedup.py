@@ -61,8 +61,6 @@ def read_requested(path: str) -> list[str]:
 def _listings(cfg: Config) -> tuple[pa.Table, pa.Table | None, dict[str, int], str, str | None]:
     """(listings, true matches or None, skipped rows, a description, the dataset prefix)."""
     if cfg.data.source == "matching":
-        if cfg.dedup.listings == "photos":
-            raise ValueError("a matching benchmark has no photos; set dedup.listings to catalog")
         assert cfg.data.matching_root and cfg.data.matching
         data = load_matching_set(cfg.data.matching_root, cfg.data.matching)
         return data.listings, data.matches, data.skipped, f"matching {cfg.data.matching_root}", None
@@ -119,11 +117,6 @@ def _image_model(cfg: Config, listings: pa.Table, base: str) -> tuple[str, str, 
 def main(cfg: Config, products: str | None = None) -> dict[str, Any]:
     """Run the dedup job; return its report (also written under storage ``reports/``)."""
     started = time.perf_counter()
-    if cfg.dedup.listings == "photos" and list(dict.fromkeys(cfg.dedup.channels)) != ["image"]:
-        raise ValueError(
-            "photo listings (dedup.listings: photos) have images but no titles; "
-            "set dedup.channels to [image]"
-        )
     listings, matches, skipped, source, prefix = _listings(cfg)
     channels = _channels(cfg, listings)
     ids = listings["listing_id"].to_pylist()

@@ -336,6 +336,15 @@ class DedupConfig(_Strict):
     cpus_per_actor: float = Field(0.5, gt=0)
     batch_size: int = Field(64, ge=1)
 
+    @model_validator(mode="after")
+    def _photos_have_no_titles(self) -> DedupConfig:
+        if self.listings == "photos" and set(self.channels) != {"image"}:
+            raise ValueError(
+                "photo listings (dedup.listings: photos) have images but no titles; "
+                "set dedup.channels to [image]"
+            )
+        return self
+
 
 class RayConfig(_Strict):
     """How the driver joins Ray. ``address="local"`` starts a private local cluster."""
@@ -362,6 +371,12 @@ class Config(_Strict):
     demo: DemoConfig = DemoConfig()
     dedup: DedupConfig = DedupConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _photos_need_a_photo_dataset(self) -> Config:
+        if self.data.source == "matching" and self.dedup.listings == "photos":
+            raise ValueError("a matching benchmark has no photos; set dedup.listings to catalog")
+        return self
 
     @field_validator("storage")
     @classmethod

@@ -13,7 +13,7 @@ from vsearch.index.tuning import (
     TuningSpec,
     exact_rows,
     probe_queries,
-    tune_shortlist,
+    tune_search,
     tuning_spec,
 )
 
@@ -53,7 +53,7 @@ def test_exact_rows_matches_a_sort_and_leaves_out_the_probe() -> None:
     x = _clustered(300)
     _, q = probe_queries(x, 20, 1.0, seed=3)
     expected = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :7]
-    assert np.array_equal(exact_rows(x, q, 7, block=6), expected)
+    assert np.array_equal(exact_rows(x, q, 7), expected)
     assert exact_rows(x[:5], q, 7).shape == (20, 5)
     rows0, q0 = probe_queries(x, 20, 0.0, seed=3)
     assert np.array_equal(q0, x[rows0])
@@ -77,7 +77,7 @@ def test_noisy_probes_are_near_their_rows_but_not_on_them() -> None:
 def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
     shard = ShardIndex.build("s", _clustered(4000), _meta(4000))
     spec = TuningSpec(target=0.9, k=10, probes=200, seed=0)
-    tuned = tune_shortlist(shard, spec)
+    tuned = tune_search(shard, spec)
     assert tuned.reached and tuned.recall >= 0.9 and tuned.probes == 200
     assert 10 <= tuned.shortlist < 4000  # cheaper than exhaustive search
     # Held out: other probes (another seed) still reach about the target.
@@ -89,16 +89,16 @@ def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
     if smaller:
         assert _recall(shard, rows, probes, 10, smaller[-1]) < 0.9
     # Noisier probes are harder: they need at least as long a shortlist.
-    noisy = tune_shortlist(shard, TuningSpec(target=0.9, k=10, probes=200, noise=1.0))
+    noisy = tune_search(shard, TuningSpec(target=0.9, k=10, probes=200, noise=1.0))
     assert noisy.shortlist >= tuned.shortlist
 
 
 def test_small_shard_is_searched_exhaustively_and_unreachable_target_is_reported() -> None:
     small = ShardIndex.build("s", _clustered(30), _meta(30))
-    tuned = tune_shortlist(small, TuningSpec(target=1.0))
+    tuned = tune_search(small, TuningSpec(target=1.0))
     assert tuned.reached and tuned.recall == 1.0 and tuned.shortlist <= 30
     big = ShardIndex.build("b", _clustered(3000, seed=1), _meta(3000))
-    capped = tune_shortlist(big, TuningSpec(target=1.0, probes=50), shortlists=(10, 16))
+    capped = tune_search(big, TuningSpec(target=1.0, probes=50), shortlists=(10, 16))
     assert not capped.reached and capped.shortlist == 16 and capped.recall < 1.0
 
 
@@ -132,7 +132,7 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist() -> None:
     shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000)
     assert shard.engine.startswith("BIVF") and shard.nprobe is not None
     assert ShardIndex.build("f", x[:100], _meta(100), ivf_above=5000).engine == "BFlat"
-    tuned = tune_shortlist(shard, TuningSpec(target=0.9, probes=150))
+    tuned = tune_search(shard, TuningSpec(target=0.9, probes=150))
     assert tuned.reached and tuned.nprobe is not None and tuned.recall >= 0.9
     assert (shard.shortlist, shard.nprobe) == (tuned.shortlist, tuned.nprobe)
     rows, held_out = probe_queries(shard.vectors, 300, 0.0, seed=9)

@@ -20,7 +20,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Combiner", "choose_threshold", "cross_fit", "features", "fit_combiner", "row_folds"]
+__all__ = [
+    "Combiner",
+    "choose_threshold",
+    "cross_fit",
+    "features",
+    "fit_combiner",
+    "ranked_cuts",
+    "row_folds",
+]
 
 
 def features(pairs: pd.DataFrame, channels: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -63,6 +71,15 @@ def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) ->
     return w
 
 
+def ranked_cuts(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every way to decide the pairs scoring at least a threshold, one per distinct score,
+    highest first: ``(threshold, true positives, pairs decided)``. ``score`` must not be empty."""
+    order = np.argsort(-np.asarray(score, float), kind="stable")
+    s, y = np.asarray(score, float)[order], np.asarray(label, bool)[order]
+    cut = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # only between different scores
+    return s[cut], np.cumsum(y)[cut].astype(float), (cut + 1).astype(float)
+
+
 def choose_threshold(
     probability: np.ndarray, label: np.ndarray, true_total: int, target_precision: float | None
 ) -> float:
@@ -74,20 +91,14 @@ def choose_threshold(
     """
     if len(probability) == 0 or true_total == 0:
         return 0.5
-    order = np.argsort(-probability, kind="stable")
-    p, y = probability[order], label[order].astype(float)
-    tp = np.cumsum(y)
-    decided = np.arange(1, len(p) + 1)
-    # Only cut between different probabilities.
-    cut = np.r_[p[1:] != p[:-1], True]
-    precision = np.where(cut, tp / decided, -1.0)
+    threshold, tp, decided = ranked_cuts(probability, label)
+    precision = tp / decided
     if target_precision is not None:
         ok = np.flatnonzero(precision >= target_precision)
         at = ok[-1] if len(ok) else int(np.argmax(precision))
     else:
-        f1 = np.where(cut, 2 * tp / (decided + true_total), -1.0)
-        at = int(np.argmax(f1))
-    return float(p[at])
+        at = int(np.argmax(2 * tp / (decided + true_total)))
+    return float(threshold[at])
 
 
 @dataclass

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from vsearch.index.ivf import ivf_lists, training_rows
+
 __all__ = ["Neighbours", "ShardIndex", "merge_neighbours", "vector_neighbours"]
 
 
@@ -89,11 +91,10 @@ class ShardIndex:
             self.index: faiss.Index = faiss.IndexFlatIP(d)
             self.kind = "Flat"
         else:
-            nlist = int(min(max(16, 4 * np.sqrt(n)), n // 39))
+            nlist = ivf_lists(n)
             quantizer = faiss.IndexFlatIP(d)
             ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
-            ivf.train(vectors[np.sort(sample)])
+            ivf.train(vectors[training_rows(n, nlist)])
             ivf.nprobe = min(nprobe, nlist)
             self.index = ivf
             self.kind = f"IVF{nlist},Flat nprobe={ivf.nprobe}"

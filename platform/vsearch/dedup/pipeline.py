@@ -170,7 +170,7 @@ def decide_duplicates(
             decision = any_rule
             probability = np.max([p for p, _ in per_channel.values()], axis=0)
         evaluation = _evaluate(
-            cands, probability, decision, any_rule, per_channel, neighbours, channels,
+            cands, label, probability, decision, any_rule, per_channel, neighbours, channels,
             truth_set, cfg,
         )  # fmt: skip
     elif combiner is not None:
@@ -232,7 +232,8 @@ def _pair_table(
 
 
 def _evaluate(
-    cands: pd.DataFrame, probability: np.ndarray, decision: np.ndarray, any_rule: np.ndarray,
+    cands: pd.DataFrame, label: np.ndarray, probability: np.ndarray, decision: np.ndarray,
+    any_rule: np.ndarray,
     per_channel: dict[str, tuple[np.ndarray, np.ndarray]], neighbours: dict[str, Neighbours],
     channels: list[str], truth: set[tuple[int, int]], cfg: DedupConfig,
 ) -> dict[str, Any]:  # fmt: skip
@@ -240,7 +241,6 @@ def _evaluate(
     found = {c: candidate_set(neighbours[c], cfg.k) for c in channels}
     decided = {c: pair_set(a[dec], b[dec]) for c, (_, dec) in per_channel.items()}
     union_found = set().union(*found.values())
-    label = np.array([(int(x), int(y)) in truth for x, y in zip(a, b, strict=True)], bool)
     channel_rows = {}
     for c in channels:
         recall_at_k = len(found[c] & truth) / len(truth) if truth else 0.0

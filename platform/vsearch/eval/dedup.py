@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from vsearch.dedup.combiner import ranked_cuts
 from vsearch.dedup.neighbours import Neighbours
 
 __all__ = [
@@ -58,11 +59,8 @@ def precision_recall_curve(
     and reports)."""
     if len(score) == 0 or true_total == 0:
         return np.zeros(0), np.zeros(0)
-    order = np.argsort(-np.asarray(score, float), kind="stable")
-    s, y = np.asarray(score, float)[order], np.asarray(label, bool)[order]
-    tp = np.cumsum(y)
-    cut = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-    precision, recall = tp[cut] / (cut + 1), tp[cut] / true_total
+    _, tp, decided = ranked_cuts(score, label)
+    precision, recall = tp / decided, tp / true_total
     if points:
         # Per recall level its best precision (the first cut reaching it), thinned evenly.
         first = np.r_[True, recall[1:] != recall[:-1]]

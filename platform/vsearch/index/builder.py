@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from vsearch.index.manifest import ShardEntry, sha256_hex
 from vsearch.index.shard import ShardIndex
-from vsearch.index.tuning import Tuning, TuningSpec, tune_shortlist
+from vsearch.index.tuning import Tuning, TuningSpec, tune_search
 
 _SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 _SLUG_MAX = 40
@@ -124,6 +124,6 @@ def build_shards(
         index = ShardIndex.build(
             shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows)), ivf_above
         )
-        tuned = tune_shortlist(index, tuning) if tuning is not None else None
+        tuned = tune_search(index, tuning) if tuning is not None else None
         shards.append(BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned))
     return shards

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vsearch.index.codec import BinaryCodec
+from vsearch.index.ivf import ivf_lists, training_rows
 
 #: Metadata columns every shard carries, aligned with its rows.
 META_COLUMNS: tuple[str, ...] = (
@@ -117,10 +118,9 @@ class ShardIndex:
         codes = codec.encode(vectors) if n else np.zeros((0, codec.code_size), np.uint8)
         index: faiss.IndexBinary
         if ivf_above is not None and n > ivf_above:
-            nlist = int(min(max(16, 4 * np.sqrt(n)), n // 39))
+            nlist = ivf_lists(n)
             ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(codec.dim), codec.dim, nlist)
-            sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
-            ivf.train(codes[np.sort(sample)])
+            ivf.train(codes[training_rows(n, nlist)])
             ivf.nprobe = min(16, nlist)
             index = ivf
         else:

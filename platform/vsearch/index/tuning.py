@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vsearch.config import IndexConfig
+from vsearch.eval.metrics import exact_topk
 from vsearch.index.shard import ShardIndex, l2_normalise
 
 __all__ = [
@@ -24,7 +25,7 @@ __all__ = [
     "TuningSpec",
     "exact_rows",
     "probe_queries",
-    "tune_shortlist",
+    "tune_search",
     "tuning_spec",
 ]
 
@@ -36,16 +37,20 @@ SHORTLISTS: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 5
                                1536, 2048, 4096)  # fmt: skip
 
 
+#: The defaults of a spec are the index config's (one place for the policy).
+_INDEX_DEFAULTS = IndexConfig()
+
+
 @dataclass(frozen=True)
 class TuningSpec:
     """What a shard is tuned to: recall@``k`` >= ``target`` on ``probes`` probe queries made of
     its vectors moved by ``noise`` times their nearest-neighbour distance (``probe_queries``);
     ``seed`` fixes the draw."""
 
-    target: float = 0.95
-    k: int = 10
-    probes: int = 200
-    noise: float = 0.0
+    target: float = _INDEX_DEFAULTS.recall_target
+    k: int = _INDEX_DEFAULTS.recall_k
+    probes: int = _INDEX_DEFAULTS.probe_queries
+    noise: float = _INDEX_DEFAULTS.probe_noise
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,31 +118,15 @@ def _drop(found: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
 
 
 def exact_rows(
-    vectors: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    exclude: np.ndarray | None = None,
-    block: int = 256,
+    vectors: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> np.ndarray:
-    """``(m, min(k, n)) int64``: each query's exact top-``k`` rows by inner product (ties to the
-    lower row), leaving out row ``exclude[i]`` for query ``i`` (padded with -1 where that leaves
-    fewer), computed ``block`` queries at a time."""
+    """``(m, min(k, n)) int64``: each query's exact top-``k`` rows by inner product
+    (``vsearch.eval.metrics.exact_topk``: ties to the lower row), leaving out row ``exclude[i]``
+    for query ``i`` (padded with -1 where that leaves fewer)."""
     n = len(vectors)
     kk = min(k, n)
-    fetch = min(kk + (exclude is not None), n)
-    out = np.empty((len(queries), kk), dtype=np.int64)
-    for start in range(0, len(queries), block):
-        sims = queries[start : start + block] @ vectors.T
-        part = (
-            np.argpartition(-sims, fetch - 1, axis=1)[:, :fetch]
-            if fetch < n
-            else np.tile(np.arange(n), (len(sims), 1))
-        )
-        top = np.take_along_axis(sims, part, axis=1)
-        ranked = np.take_along_axis(part, np.lexsort((part, -top), axis=1), axis=1)
-        held = None if exclude is None else exclude[start : start + block]
-        out[start : start + block] = _drop(ranked, held, kk)
-    return out
+    _, ranked = exact_topk(queries, vectors, min(kk + (exclude is not None), n))
+    return _drop(ranked, exclude, kk)
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -176,7 +165,7 @@ def _smallest_shortlist(
     )
 
 
-def tune_shortlist(
+def tune_search(
     shard: ShardIndex,
     spec: TuningSpec,
     shortlists: tuple[int, ...] = SHORTLISTS,
