@@ -6,6 +6,8 @@ tested without a process group.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -31,7 +33,13 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad:
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(x), 0)
+        # torch 2.13 marks it deprecated for a private functional API without the same autograd
+        # contract; the warning, printed by every worker, asks nothing of a user.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*all_gather is deprecated", category=FutureWarning
+            )
+            return torch.cat(all_gather(x), 0)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, 0)
