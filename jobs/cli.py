@@ -3,6 +3,7 @@
     vsearch demo [--once]        generate -> train -> reindex -> evaluate -> serve -> report
     vsearch generate|mine|train|reindex|evaluate
     vsearch dedup [--products FILE]   duplicate listings: image, text and BM25 channels
+    vsearch index list|publish VERSION|rollback|gc --keep N   index versions on storage
     vsearch serve                serve the published index until Ctrl-C
     vsearch search --url URL photo.jpg
 
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument(
         "--products", metavar="FILE", help="only these listings (ids, one per line, or Parquet)"
     )
+    index = sub.add_parser("index", parents=[common], help="list, publish, roll back, gc indexes")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    index_sub.add_parser("list", parents=[common], help="versions on storage (* published)")
+    publish = index_sub.add_parser("publish", parents=[common], help="serve VERSION (verified)")
+    publish.add_argument("version")
+    index_sub.add_parser("rollback", parents=[common], help="serve the previously published one")
+    gc = index_sub.add_parser("gc", parents=[common], help="delete old and unfinished versions")
+    gc.add_argument("--keep", type=int, default=3, help="newest complete versions to keep")
     sub.add_parser("serve", parents=[common], help="serve the published index")
     search = sub.add_parser("search", help="query a running service with an image file")
     search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
@@ -118,8 +127,28 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import dedup
 
         dedup.main(cfg, products=args.products)
+    elif args.command == "index":
+        return _index(cfg, args)
     elif args.command == "serve":
         _serve(cfg)
+    return 0
+
+
+def _index(cfg: Config, args: argparse.Namespace) -> int:
+    from jobs import index_admin
+
+    try:
+        if args.index_command == "list":
+            index_admin.list_versions(cfg)
+        elif args.index_command == "publish":
+            index_admin.publish(cfg, args.version)
+        elif args.index_command == "rollback":
+            index_admin.rollback(cfg)
+        else:
+            index_admin.gc(cfg, args.keep)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"vsearch index {args.index_command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -147,3 +147,54 @@ def test_index_store_publish_and_verify(tmp_path: Path) -> None:
     victim.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"vectors\.npy"):
         store.load_shards(manifest, [entry.name])
+
+
+def test_index_versions_publish_rollback_and_gc(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    store = IndexStore(storage)
+    built, dim = _shards()
+    for version in ("i1", "i2", "i3"):
+        store.publish(store.write_version(version, built, "m1", dim, {}))
+    store.write_version("i0", built, "m1", dim, {})  # an old reindex that never finished
+    assert store.current() == "i3" and store.history() == ["i1", "i2", "i3"]
+    rows = {r["version"]: r for r in store.versions()}
+    assert rows["i3"]["current"] and rows["i2"]["complete"] and not rows["i0"]["complete"]
+    assert rows["i1"]["vectors"] == 30 and rows["i1"]["shards"] == len(built)
+    # Rollback serves the version published before; publishing an old one by name works too.
+    assert store.rollback().version == "i2" and store.current() == "i2"
+    assert store.publish_version("i3").version == "i3" and store.current() == "i3"
+    # A version without a manifest, or with a damaged one, is refused with the file's name.
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        store.publish_version("i0")
+    manifest_file = tmp_path / "indexes" / "i1" / "manifest.json"
+    manifest_file.write_text(manifest_file.read_text().replace('"m1"', '"m9"'))
+    with pytest.raises(ValueError, match=r"i1/manifest\.json: checksum mismatch"):
+        store.publish_version("i1")
+    assert store.current() == "i3"
+    # gc keeps the newest complete versions and the published one, and drops unfinished ones.
+    store.publish_version("i2")
+    assert sorted(store.gc(keep=1)) == ["i0", "i1"]
+    assert [r["version"] for r in store.versions()] == ["i2", "i3"]
+    (tmp_path / "indexes" / "CURRENT").write_text("")
+    with pytest.raises(ValueError, match="CURRENT is empty"):
+        store.current()
+
+
+def test_index_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.cli import main
+
+    store = IndexStore(Storage(str(tmp_path)))
+    built, dim = _shards()
+    for version in ("i1", "i2"):
+        store.publish(store.write_version(version, built, "m1", dim, {}))
+    at = ["--set", f"storage={tmp_path}"]
+    assert main(["index", "list", *at]) == 0
+    listing = capsys.readouterr().out
+    assert "* i2" in listing and "  i1" in listing
+    assert main(["index", "rollback", *at]) == 0
+    assert "i2 -> i1" in capsys.readouterr().out and store.current() == "i1"
+    assert main(["index", "publish", "nope", *at]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vsearch index publish: index version 'nope' has no manifest")
+    assert main(["index", "gc", "--keep", "1", *at]) == 0
+    assert "deleted 0 version(s)" in capsys.readouterr().out  # i2 newest, i1 published

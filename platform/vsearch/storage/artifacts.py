@@ -154,10 +154,30 @@ class IndexStore:
         )
 
     def publish(self, manifest: Manifest) -> None:
-        """Write the manifest, then point ``CURRENT`` at it: the version is live from here on."""
+        """Write the manifest (with its sha256 beside it), then point ``CURRENT`` at it: the
+        version is live from here on, and ``HISTORY`` records it for ``rollback``."""
         base = posixpath.join(self.prefix, manifest.version)
-        self.storage.write_text(posixpath.join(base, "manifest.json"), manifest.to_json())
-        self.storage.write_text(posixpath.join(self.prefix, "CURRENT"), manifest.version)
+        text = manifest.to_json()
+        self.storage.write_text(posixpath.join(base, "manifest.json"), text)
+        self.storage.write_text(
+            posixpath.join(base, "manifest.sha256"), sha256_hex(text.encode("utf-8"))
+        )
+        self._point_at(manifest.version)
+
+    def _point_at(self, version: str) -> None:
+        self.storage.write_text(posixpath.join(self.prefix, "CURRENT"), version)
+        history = self.history()
+        if not history or history[-1] != version:
+            self.storage.write_text(
+                posixpath.join(self.prefix, "HISTORY"), "\n".join([*history, version]) + "\n"
+            )
+
+    def history(self) -> list[str]:
+        """Published versions, oldest first (a version published twice appears twice)."""
+        name = posixpath.join(self.prefix, "HISTORY")
+        if not self.storage.exists(name):
+            return []
+        return [line.strip() for line in self.storage.read_text(name).splitlines() if line.strip()]
 
     def current(self) -> str:
         pointer = posixpath.join(self.prefix, "CURRENT")
@@ -165,12 +185,100 @@ class IndexStore:
             raise FileNotFoundError(
                 f"no published index at {self.storage.url(self.prefix)}: run `vsearch reindex` first"
             )
-        return self.storage.read_text(pointer).strip()
+        version = self.storage.read_text(pointer).strip()
+        if not version:
+            raise ValueError(
+                f"{self.storage.url(pointer)} is empty: publish a version with "
+                "`vsearch index publish VERSION` (see `vsearch index list`)"
+            )
+        return version
 
     def manifest(self, version: str | None = None) -> Manifest:
+        """The manifest of ``version`` (default: the published one), checked against its sha256."""
         version = version or self.current()
-        text = self.storage.read_text(posixpath.join(self.prefix, version, "manifest.json"))
-        return Manifest.from_json(text)
+        name = posixpath.join(self.prefix, version, "manifest.json")
+        if not self.storage.exists(name):
+            raise FileNotFoundError(
+                f"index version {version!r} has no manifest ({self.storage.url(name)}): its "
+                "reindex did not finish; see `vsearch index list`"
+            )
+        data = self.storage.read_bytes(name)
+        digest_name = posixpath.join(self.prefix, version, "manifest.sha256")
+        if self.storage.exists(digest_name):
+            expected = self.storage.read_text(digest_name).strip()
+            if sha256_hex(data) != expected:
+                raise ValueError(
+                    f"{self.storage.url(name)}: checksum mismatch (expected {expected[:12]}..., "
+                    f"got {sha256_hex(data)[:12]}...): the manifest was changed or damaged"
+                )
+        try:
+            return Manifest.from_json(data.decode("utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{self.storage.url(name)} is not a valid manifest: {exc}") from exc
+
+    def versions(self) -> list[dict[str, object]]:
+        """Every version folder, oldest first: ``version``, ``complete`` (has a manifest),
+        ``current``, and for complete ones ``created_at``, ``model_version``, ``shards``,
+        ``vectors``; a manifest that fails its checks gives ``error`` instead."""
+        try:
+            current = self.current()
+        except (FileNotFoundError, ValueError):
+            current = None
+        rows: list[dict[str, object]] = []
+        for version in self.storage.list(self.prefix):
+            if version in ("CURRENT", "HISTORY"):
+                continue
+            row: dict[str, object] = {"version": version, "current": version == current}
+            complete = self.storage.exists(posixpath.join(self.prefix, version, "manifest.json"))
+            row["complete"] = complete
+            if complete:
+                try:
+                    manifest = self.manifest(version)
+                    row.update(
+                        created_at=manifest.created_at,
+                        model_version=manifest.model_version,
+                        shards=len(manifest.shards),
+                        vectors=manifest.total_count,
+                    )
+                except ValueError as exc:
+                    row["error"] = str(exc)
+            rows.append(row)
+        return rows
+
+    def publish_version(self, version: str) -> Manifest:
+        """Serve an existing ``version`` again: its manifest and every shard file are verified
+        first (a mismatch is refused, naming the file), then ``CURRENT`` moves to it."""
+        manifest = self.manifest(version)
+        self.load_shards(manifest)  # raises on a missing or damaged file
+        self._point_at(version)
+        return manifest
+
+    def rollback(self) -> Manifest:
+        """Publish the version that was published before the current one."""
+        current = self.current()
+        earlier = [v for v in self.history() if v != current]
+        if not earlier:
+            raise ValueError(f"nothing to roll back to: {current!r} is the only version published")
+        return self.publish_version(earlier[-1])
+
+    def gc(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest complete versions (never the published one), and
+        unfinished versions older than the newest complete one (a reindex still running writes
+        a newer one). Returns the deleted versions."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        rows = self.versions()
+        complete = sorted(str(r["version"]) for r in rows if r["complete"])
+        kept = set(complete[-keep:]) | {str(r["version"]) for r in rows if r["current"]}
+        newest = complete[-1] if complete else ""
+        doomed = [
+            str(r["version"])
+            for r in rows
+            if str(r["version"]) not in kept and (r["complete"] or str(r["version"]) < newest)
+        ]
+        for version in doomed:
+            self.storage.delete(posixpath.join(self.prefix, version))
+        return doomed
 
     def load_shards(self, manifest: Manifest, names: list[str] | None = None) -> list[ShardIndex]:
         """Read and checksum-verify the shards ``names`` (all when None) of ``manifest``."""
