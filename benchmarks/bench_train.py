@@ -92,7 +92,7 @@ def samples_per_step(cfg: Config, data: TrainingSet) -> int:
 
 def train_in_process(cfg: Config, prefix: str) -> dict[str, Any]:
     """``MetricTrainer`` for ``cfg.train.epochs`` epochs, world size 1, in this process."""
-    from vsearch.runtime.training import load_training_set  # no Ray needed to call it
+    from vsearch.runtime.training_data import load_training_set  # no Ray needed to call it
 
     began = time.perf_counter()
     data = load_training_set(cfg, prefix)

@@ -12,6 +12,7 @@ the untrained network. Writes ``reports/evaluate-<time>.json``, ``.md`` and a Re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,9 @@ from vsearch.eval.retrieval import evaluate_retrieval
 from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
+from vsearch.models.onnx_torch import pretrained_tail
 from vsearch.rank.fusion import predict_categories
+from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.embedding import META_COLUMNS
 from vsearch.storage import IndexStore, ModelStore, Storage
 from vsearch.storage.artifacts import new_version
@@ -62,12 +65,21 @@ def canonical_products(ds: CatalogDataset) -> dict[str, str]:
     )
 
 
-def _pooled(maps: np.ndarray) -> np.ndarray:
+def _pooled(maps: np.ndarray, finish: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """The "frozen backbone" baseline: its maps (``finish`` completes maps cached at a cut with
+    the pretrained rest of the backbone) averaged and normalised."""
+    maps = finish(maps) if finish is not None else maps
     pooled = np.asarray(maps, dtype=np.float32).mean(axis=(2, 3))
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
-def _train_gallery(cfg: Config, ds: CatalogDataset, embedder: Embedder, backbone: bytes | None):
+def _train_gallery(
+    cfg: Config,
+    ds: CatalogDataset,
+    embedder: Embedder,
+    backbone: bytes | None,
+    finish: Callable[[np.ndarray], np.ndarray] | None,
+):
     """Predictions (and, for a frozen backbone, pooled maps) of the train split's photos."""
     from jobs.train import cache_maps
 
@@ -88,16 +100,20 @@ def _train_gallery(cfg: Config, ds: CatalogDataset, embedder: Embedder, backbone
         ok = np.asarray([have(u) for u in uris], dtype=bool)
         good = [cached.keys[u] for u, g in zip(uris, ok, strict=True) if g]
         stack = np.stack([np.stack([maps[view_key(k, v)] for k in good]) for v in views])
-        return embedder.predict_maps(stack), _pooled(stack[0]), train.filter(pa.array(ok))
+        return embedder.predict_maps(stack), _pooled(stack[0], finish), train.filter(pa.array(ok))
     side = 4 * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
     return embedder.predict(images), None, train.filter(pa.array(ok))
 
 
 def main(
-    cfg: Config, baseline: bool = True, compare: dict[str, str] | None = None
+    cfg: Config,
+    baseline: bool = True,
+    compare: dict[str, str] | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate; return the report (also written under ``reports/``).
+    """Evaluate index ``version`` (default: the published one); return the report (also written
+    under ``reports/``).
 
     ``compare`` maps a label to another model version to score photo -> catalogue beside the
     published one (its catalogue vectors are embedded here; e.g. the demo's from-scratch CNN).
@@ -106,7 +122,7 @@ def main(
     ds = load_dataset(cfg)
     queries = ds.queries_of(cfg.data.eval_split)
     store = IndexStore(storage)
-    manifest = store.manifest()
+    manifest = store.manifest(version)
     shards = store.load_shards(manifest)
     catalog_vectors = np.concatenate([s.vectors for s in shards])
     catalog_meta = pa.concat_tables([s.meta.select(list(META_COLUMNS)) for s in shards])
@@ -115,6 +131,8 @@ def main(
     backbone = models.backbone_bytes(artifact)
     embedder = artifact.embedder(backbone)
     frozen = backbone is not None
+    cut = artifact.config.backbone_cut
+    finish = pretrained_tail(backbone, cut) if frozen and cut else None
     urls = queries["image_uri"].to_pylist()
     side = 4 * embedder.input_size
     q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, side, "reading queries")
@@ -171,7 +189,9 @@ def main(
     has_train = "train" in set(ds.queries["split"].to_pylist())
     curves = {"photo -> catalogue": p2c.recall_curve}
     if has_train and cfg.data.eval_split != "train":
-        g_pred, g_pooled, g_rows = _train_gallery(cfg, ds, embedder, backbone)
+        # The train photos' maps come from the feature cache (a Ray Data job fills any gaps).
+        with ray_session(cfg.ray):
+            g_pred, g_pooled, g_rows = _train_gallery(cfg, ds, embedder, backbone, finish)
         g_products = g_rows["product_id"].to_pylist()
         report["photo_to_train"] = photo_to_photo(
             pred.embeddings, products, g_pred.embeddings, g_products
@@ -185,9 +205,9 @@ def main(
                 side,
                 "baseline: catalogue",
             )
-            c_pooled = _pooled(embedder.feature_maps(c_images)[0])
+            c_pooled = _pooled(embedder.feature_maps(c_images)[0], finish)
             c_products = ds.catalog.filter(pa.array(c_ok))["product_id"].to_pylist()
-            q_pooled = _pooled(q_maps[0])
+            q_pooled = _pooled(q_maps[0], finish)
             report["baseline_pooled_backbone"] = {
                 "photo_to_catalog": photo_to_photo(
                     q_pooled, products, c_pooled, c_products, canonical

@@ -73,7 +73,7 @@ def main(cfg: Config, run_name: str | None = None) -> str:
             **rows,
             "epochs done": artifact.info["epochs_done"],
             "resumed from epoch": artifact.info["resumed_from_epoch"],
-            "training images": metrics.get("train_images", 0),
+            "training rows (image views)": metrics.get("train_images", 0),
             "click triplets": metrics.get("click_triplets", 0),
             "skipped images": metrics.get("skipped_images", 0),
             "final loss": metrics.get("loss", float("nan")),

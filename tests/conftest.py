@@ -48,25 +48,39 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-def make_tiny_onnx() -> bytes:
+def make_tiny_onnx(with_tail: bool = False) -> bytes:
     """A 3 -> 2048-channel, stride-32 convolution + ReLU on 224 px: the shape of the Xception
-    feature-map export (``xception_onnx``), in a few MB, built with ``onnx.helper``."""
+    feature-map export (``xception_onnx``), in a few MB, built with ``onnx.helper``.
+
+    ``with_tail``: a 3 -> 64-channel convolution + ReLU (tensor "cut", a ``(64, 7, 7)`` map), then
+    a 1x1 convolution to 2048 channels + ReLU: a backbone that can train after "cut"."""
     import numpy as np
     import onnx  # noqa: F401  (the dev extra installs it)
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(
-        rng.normal(size=(2048, 3, 32, 32)).astype(np.float32) * 0.01, "w"
-    )
-    conv = helper.make_node("Conv", ["image", "w"], ["conv"], strides=[32, 32])
-    relu = helper.make_node("Relu", ["conv"], ["feature_map"])
+    first = 64 if with_tail else 2048
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(first, 3, 32, 32)).astype(np.float32) * 0.01, "w")
+    ]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["conv"], strides=[32, 32])]
+    if with_tail:
+        weights.append(
+            numpy_helper.from_array(rng.normal(size=(2048, 64, 1, 1)).astype(np.float32) * 0.1, "p")
+        )
+        nodes += [
+            helper.make_node("Relu", ["conv"], ["cut"]),
+            helper.make_node("Conv", ["cut", "p"], ["proj"]),
+            helper.make_node("Relu", ["proj"], ["feature_map"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Relu", ["conv"], ["feature_map"]))
     graph = helper.make_graph(
-        [conv, relu],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 224, 224])],
         [helper.make_tensor_value_info("feature_map", TensorProto.FLOAT, ["batch", 2048, 7, 7])],
-        [weight],
+        weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -130,6 +130,12 @@ class ModelConfig(_Strict):
     #: ``fallback_arch`` (trained from scratch) with a printed notice.
     if_backbone_missing: Literal["error", "fallback"] = "error"
     fallback_arch: str = "cnn_small"
+    #: ONNX backbones only: the name of a graph tensor (a ``(batch, C, g, g)`` map) after which the
+    #: backbone trains with the heads. The graph up to it stays frozen and runs once per image
+    #: into the feature cache; the rest is executed by torch (``vsearch.models.onnx_torch``),
+    #: starting from the pretrained weights. For the Xception export, "permute_223" leaves its
+    #: last two separable convolutions trainable. None: the whole backbone is frozen.
+    backbone_cut: str | None = None
     embed_dim: int = Field(128, ge=8)
     #: Side of the square network input, in pixels (ONNX backbones fix their own).
     input_size: int = Field(64, ge=16)
@@ -198,6 +204,16 @@ class TrainConfig(_Strict):
     #: epoch (0-based), once per run (a marker file under ``checkpoints/<run>/``), so tests can
     #: check that ``max_failures`` resumes from the last checkpoint.
     fail_at_epoch: int | None = Field(None, ge=0)
+    #: GPUs: "auto" gives each worker one GPU (and nccl) when the cluster has a GPU per worker,
+    #: else trains on CPU (gloo); true requires them, false never asks.
+    use_gpu: Literal["auto"] | bool = "auto"
+    #: Ray Data readers that attach inputs to the streamed training rows: rows per read batch and
+    #: CPUs per reader actor (one reader per dataset: the photos and the catalogue).
+    read_batch_size: int = Field(64, ge=1)
+    #: Learning rate of a trainable backbone tail (``model.backbone_cut``) as a fraction of
+    #: ``lr``: pretrained weights move slower than new heads.
+    backbone_lr_scale: float = Field(0.1, ge=0)
+    read_cpus: float = Field(0.25, gt=0)
 
 
 class MiningConfig(_Strict):

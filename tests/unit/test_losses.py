@@ -166,3 +166,16 @@ def test_make_label_loss_rejects_unknown_names() -> None:
 
     with pytest.raises(ValueError, match="unknown label loss"):
         make_label_loss("hardest", 0.2, 0.1)
+
+
+def test_a_fixed_epoch_length_keeps_sharded_ranks_in_lockstep() -> None:
+    # Two workers hold different shards (different label counts): with the length fixed from the
+    # whole set, both run the same number of steps.
+    whole = np.repeat(np.arange(10), 6)
+    steps = PKBatchSampler.natural_batches(len(whole), 10, 4, 2, world_size=2)
+    shards = [whole[::2][:25], whole[1::2]]
+    counts = [len(list(PKBatchSampler(s, 4, 2, batches_per_rank=steps).epoch(0))) for s in shards]
+    assert counts == [steps, steps]
+    assert PKBatchSampler(whole, 4, 2, world_size=2).batches_per_rank() == steps
+    with pytest.raises(ValueError, match="batches_per_rank"):
+        PKBatchSampler(whole, 4, 2, batches_per_rank=0)

@@ -159,3 +159,44 @@ def test_views_average_the_embeddings_of_centre_crops() -> None:
     assert centre_crop(images[0], 0.5).shape == (20, 15, 3)
     with pytest.raises(ValueError, match="2 views"):
         Embedder(net, views=(1.0, 0.5)).predict_maps(np.zeros((1, 3, 32, 4, 4), np.float32))
+
+
+def test_an_onnx_backbone_cut_trains_its_tail_with_the_heads() -> None:
+    from conftest import make_tiny_onnx
+
+    from vsearch.models.losses import make_label_loss
+
+    data = make_tiny_onnx(with_tail=True)
+    frozen_cfg = ModelConfig(arch="xception_onnx", embed_dim=16, head_hidden=32)
+    cut_cfg = frozen_cfg.model_copy(update={"backbone_cut": "cut"})
+    torch.manual_seed(0)
+    frozen = build_network(frozen_cfg, 2, backbone_bytes=data).eval()
+    cut = build_network(cut_cfg, 2, backbone_bytes=data).eval()
+    cut.head.load_state_dict(frozen.head.state_dict())
+    # The frozen part stops at the cut (what the feature cache stores); with the pretrained tail
+    # the network computes what the whole frozen graph does.
+    assert (cut.map_spec.channels, cut.map_spec.grid) == (64, 7)
+    assert cut.map_spec.name == "xception_onnx@cut"
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert cut.feature_maps(x).shape == (3, 64, 7, 7)
+        torch.testing.assert_close(cut(x).embedding, frozen(x).embedding, rtol=1e-4, atol=1e-5)
+    # The metric loss reaches the tail's weights, which train with the heads.
+    part = cut.trainable_part.train()
+    names = [n for n, _ in part.named_parameters()]
+    assert any(n.startswith("tail.") for n in names) and any(n.startswith("head.") for n in names)
+    with torch.no_grad():
+        maps = cut.feature_maps(x)
+    loss = make_label_loss("supcon", 0.2, 0.1)(part(maps).embedding, torch.tensor([0, 0, 1]))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cut.tail.parameters())
+    # The artifact keeps the trained tail; rebuilding it needs (and checks) the backbone's bytes.
+    art = ModelArtifact.from_network(cut, cut_cfg, ["a", "b"], [], sha256_hex(data))
+    assert any(k.startswith("tail.") for k in art.state_dict)
+    rebuilt = ModelArtifact.from_bytes(art.to_bytes()).build(data)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x).embedding, cut.eval()(x).embedding)
+    with pytest.raises(ValueError, match="pass its bytes"):
+        art.build(heads_only=True)
+    with pytest.raises(ValueError, match="applies to ONNX backbones"):
+        build_network(ModelConfig(arch="cnn_tiny", backbone_cut="cut"), 2)

@@ -129,3 +129,12 @@ def test_supcon_prefers_separated_labels() -> None:
 def test_epoch_stats_as_dict_has_floats() -> None:
     stats = EpochStats(1, 2, 0.5, 0.4, 0.1, 0.0, 0.0, 0.9, 100.0)
     assert stats.as_dict()["lr"] == 0.0
+
+
+def test_gpu_use_follows_the_setting_and_the_cluster() -> None:
+    from vsearch.runtime.training import wants_gpu
+
+    assert wants_gpu("auto", 2, 2) and not wants_gpu("auto", 2, 1) and not wants_gpu("auto", 1, 0)
+    assert not wants_gpu(False, 2, 8) and wants_gpu(True, 2, 2)
+    with pytest.raises(ValueError, match="1 GPU\\(s\\) for 2 workers"):
+        wants_gpu(True, 2, 1)

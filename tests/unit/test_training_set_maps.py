@@ -1,17 +1,26 @@
-"""Training on cached maps: one row per image and view, boxes and click triplets on the first."""
+"""Training rows (one per image and view) and the readers that attach their inputs: the same
+code feeds the streamed Ray Train datasets and the in-process ``load_training_set``."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from jobs.common import dataset_prefix, ensure_dataset
 from vsearch.config import Config
-from vsearch.runtime.training import load_training_set
+from vsearch.runtime.training_data import (
+    MapRowReader,
+    _numpy_batch,
+    load_training_set,
+    training_rows,
+)
 from vsearch.storage import Storage, read_dataset
 from vsearch.storage.feature_cache import FeatureCache, content_key, view_key
+from vsearch.training.dataset import from_streamed_rows
 
 
-def test_every_view_is_a_row_and_boxes_stay_on_the_first(tiny_config: Config) -> None:
+@pytest.fixture
+def cached(tiny_config: Config):
     cfg = tiny_config.model_copy(
         update={"model": tiny_config.model.model_copy(update={"views": [1.0, 0.5]})}
     )
@@ -27,16 +36,60 @@ def test_every_view_is_a_row_and_boxes_stay_on_the_first(tiny_config: Config) ->
     unique = sorted(set(keys.values()))
     for v in cfg.model.views:
         cache.write([view_key(k, v) for k in unique], rng.normal(size=(len(unique), 4, 2, 2)))
+    return cfg, ds, train, keys, sizes, cache
+
+
+def test_every_view_is_a_row_and_boxes_stay_on_the_first(cached) -> None:
+    cfg, ds, train, keys, sizes, _ = cached
     data = load_training_set(cfg, dataset_prefix(cfg), keys, "test-backbone", sizes)
-    n = len(uris)
-    assert data.kind == "maps" and len(data) == 2 * n
-    assert data.inputs.shape == (2 * n, 4, 2, 2) and data.inputs.dtype.is_floating_point
-    # Rows: catalogue (view 1, view 2), then photos (view 1, view 2).
     c, p = ds.catalog.num_rows, train.num_rows
-    assert set(data.catalog_rows.tolist()) <= set(range(c))  # first-view catalogue rows
+    assert data.kind == "maps" and len(data) == 2 * (c + p)
+    assert data.inputs.shape == (2 * (c + p), 4, 2, 2) and data.inputs.dtype.is_floating_point
     known = ~np.isnan(data.boxes).any(axis=1)
-    assert known[2 * c : 2 * c + p].all() and known.sum() == p  # boxes on first-view photos only
+    assert known.sum() == p  # the first view of each photo; a crop would move the box
     assert (data.boxes[known] >= 0).all() and (data.boxes[known] <= 1).all()
-    first_view = set(range(c)) | set(range(2 * c, 2 * c + p))
-    assert set(data.click_triplets.reshape(-1).tolist()) <= first_view
-    np.testing.assert_array_equal(data.labels[:c], data.labels[c : 2 * c])
+    # Each product's catalogue row carries that product's label and no box.
+    rows = data.catalog_rows[data.catalog_rows >= 0]
+    assert len(rows) == c
+    np.testing.assert_array_equal(data.labels[rows], np.flatnonzero(data.catalog_rows >= 0))
+    assert not known[rows].any()
+    # Click triplets: the anchor is a first-view photo, the others catalogue images.
+    if len(data.click_triplets):
+        assert known[data.click_triplets[:, 0]].all()
+        assert set(data.click_triplets[:, 1:].reshape(-1).tolist()) <= set(rows.tolist())
+
+
+def test_the_reader_attaches_each_rows_cached_map_and_flags_missing_ones(cached) -> None:
+    cfg, ds, train, keys, sizes, cache = cached
+    _, photos = training_rows(ds.catalog, train, cfg.model.views, keys, sizes)
+    located = cache.locate(photos["key"].to_pylist())
+    batch = _numpy_batch(photos)
+    batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
+    batch["part"][0] = ""  # as if the cache had lost this map
+    out = MapRowReader(cfg.storage, {}, "test-backbone")(batch)
+    stored = cache.read(batch["key"][1:])
+    for key, got in zip(batch["key"][1:], out["input"][1:], strict=True):
+        np.testing.assert_array_equal(got, stored[key])
+    assert out["error"][0].startswith("missing") and not any(out["error"][1:])
+
+
+def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) -> None:
+    cfg, ds, train, keys, sizes, cache = cached
+    catalog, photos = training_rows(ds.catalog, train, cfg.model.views, keys, sizes)
+    read = MapRowReader(cfg.storage, {}, "test-backbone")
+
+    def batch_of(table):
+        batch = _numpy_batch(table)
+        located = cache.locate(batch["key"])
+        batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
+        return read(batch)
+
+    half = photos.num_rows // 2
+    shards = [photos.slice(0, half), photos.slice(half)]
+    sets = [from_streamed_rows([batch_of(catalog)], [batch_of(s)], None, "maps") for s in shards]
+    assert [len(s) for s in sets] == [
+        catalog.num_rows + half,
+        catalog.num_rows + photos.num_rows - half,
+    ]
+    for data in sets:
+        assert (data.catalog_rows >= 0).all()  # every product can pair a photo with its image

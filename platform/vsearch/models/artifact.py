@@ -30,16 +30,39 @@ def sha256_hex(data: bytes) -> str:
 
 
 def build_network(
-    config: ModelConfig, categories: int, products: int = 0, backbone_bytes: bytes | None = None
+    config: ModelConfig,
+    categories: int,
+    products: int = 0,
+    backbone_bytes: bytes | None = None,
+    attach_backbone: bool = True,
 ) -> SearchNetwork:
     """A freshly initialised ``SearchNetwork`` for ``config`` with a ``categories``-way head and
-    ``products`` proxies (0: none)."""
-    backbone = (
-        create_backbone(config.arch, config.input_size, backbone_bytes)
-        if backend_of(config.arch) == "torch" or backbone_bytes is not None
-        else None
-    )
-    spec = backbone.spec if backbone is not None else backbone_spec(config.arch, config.input_size)
+    ``products`` proxies (0: none).
+
+    An ONNX backbone's frozen part is attached when its ``backbone_bytes`` are given and
+    ``attach_backbone`` (else the network runs on cached maps only). With ``config.backbone_cut``
+    the bytes are always needed: the trainable tail starts from their weights.
+    """
+    onnx = backend_of(config.arch) == "onnx"
+    if config.backbone_cut and not onnx:
+        raise ValueError(f"model.backbone_cut applies to ONNX backbones, not {config.arch!r}")
+    tail = None
+    if onnx and config.backbone_cut:
+        if backbone_bytes is None:
+            raise ValueError(
+                f"{config.arch} trains after tensor {config.backbone_cut!r}: its bytes are needed"
+            )
+        from vsearch.models.onnx_torch import split
+
+        _, tail = split(backbone_bytes, config.backbone_cut)
+    backbone = None
+    if not onnx:
+        backbone = create_backbone(config.arch, config.input_size)
+    elif backbone_bytes is not None and attach_backbone:
+        backbone = create_backbone(
+            config.arch, config.input_size, backbone_bytes, cut=config.backbone_cut
+        )
+    spec = backbone.spec if not onnx else backbone_spec(config.arch, config.input_size)
     head = SearchHead(
         spec.channels,
         config.embed_dim,
@@ -50,7 +73,7 @@ def build_network(
         dropout=config.dropout,
         products=products,
     )
-    return SearchNetwork(spec, head, backbone)
+    return SearchNetwork(spec, head, backbone, tail)
 
 
 @dataclass
@@ -98,9 +121,11 @@ class ModelArtifact:
         """The network with these weights, in eval mode.
 
         A frozen backbone needs its ``backbone_bytes`` (checked against ``backbone_sha256``)
-        unless ``heads_only``, which gives a network that runs on feature maps alone.
+        unless ``heads_only``, which gives a network that runs on feature maps alone (a backbone
+        with a trainable tail needs them even then: the tail is built from the graph).
         """
-        if self.needs_backbone_bytes and not heads_only:
+        bytes_needed = not heads_only or bool(self.config.backbone_cut)
+        if self.needs_backbone_bytes and (bytes_needed or backbone_bytes is not None):
             if backbone_bytes is None:
                 raise ValueError(f"model uses the ONNX backbone {self.config.arch}: pass its bytes")
             digest = sha256_hex(backbone_bytes)
@@ -113,7 +138,8 @@ class ModelArtifact:
             self.config,
             len(self.categories),
             len(self.products),
-            None if heads_only else backbone_bytes,
+            backbone_bytes,
+            attach_backbone=not heads_only,
         )
         network.load_state_dict(self.state_dict)
         return network.eval()
@@ -168,7 +194,9 @@ def initial_artifact(
     """
     torch.manual_seed(config.seed)
     products = list(products or [])
-    network = build_network(config, len(categories), len(products))
+    network = build_network(
+        config, len(categories), len(products), backbone_bytes, attach_backbone=False
+    )
     digest = sha256_hex(backbone_bytes) if backbone_bytes is not None else None
     if backend_of(config.arch) == "onnx" and digest is None:
         raise ValueError(f"{config.arch} is an ONNX backbone: its bytes are needed")

@@ -60,7 +60,8 @@ class Embedder:
     def feature_maps(self, images: list[np.ndarray]) -> np.ndarray:
         """Backbone maps of every view: ``(views, n, C, g, g) float32`` (what the cache stores)."""
         self.network.eval()
-        g, c = self.spec.grid, self.spec.channels
+        spec = self.network.map_spec
+        g, c = spec.grid, spec.channels
         out = np.empty((len(self.views), len(images), c, g, g), dtype=np.float32)
         for v, fraction in enumerate(self.views):
             for start in range(0, len(images), self.batch_size):

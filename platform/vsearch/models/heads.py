@@ -111,7 +111,7 @@ class SearchHead(nn.Module):
             mask = soft_box_mask(box, fmap.shape[-1], self.steepness)
             pooled = (fmap * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1e-6)
         else:
-            box = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=fmap.dtype).expand(n, 4)
+            box = fmap.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(n, 4)
             pooled = whole
         embedding = F.normalize(self.project(pooled), dim=1)
         logits = self.category(whole) if self.category is not None else fmap.new_zeros(n, 0)

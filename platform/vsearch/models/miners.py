@@ -25,7 +25,11 @@ class PKBatchSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        batches_per_rank: int | None = None,
     ) -> None:
+        """``batches_per_rank`` fixes the epoch's length; by default it follows from ``labels``.
+        Ranks that each hold a different shard of the data pass the same number, computed from
+        the whole set, so that their data-parallel steps stay in lockstep."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.by_label: list[np.ndarray] = [
@@ -38,11 +42,27 @@ class PKBatchSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        if batches_per_rank is not None and batches_per_rank < 1:
+            raise ValueError(f"batches_per_rank must be >= 1, got {batches_per_rank}")
+        self.fixed_batches = batches_per_rank
 
     def batches_per_rank(self) -> int:
-        items = sum(len(rows) for rows in self.by_label)
-        total = max(len(self.by_label) // self.p, items // (self.p * self.k))
-        return max(1, total // self.world_size)
+        if self.fixed_batches is not None:
+            return self.fixed_batches
+        return self.natural_batches(
+            sum(len(rows) for rows in self.by_label),
+            len(self.by_label),
+            self.p,
+            self.k,
+            self.world_size,
+        )
+
+    @staticmethod
+    def natural_batches(items: int, labels: int, p: int, k: int, world_size: int = 1) -> int:
+        """Batches per rank that visit every label once and draw as many items as there are."""
+        p = min(p, labels)
+        total = max(labels // p, items // (p * k))
+        return max(1, total // world_size)
 
     def epoch(self, epoch: int) -> Iterator[np.ndarray]:
         """The ``(p * k,) int64`` item-index batches of this rank for ``epoch``."""

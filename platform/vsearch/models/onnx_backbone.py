@@ -8,6 +8,7 @@ both are read from the graph and checked against the spec.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,8 +22,18 @@ class OnnxBackbone:
     ``threads`` caps onnxruntime's intra-op threads (1 in Ray workers sharing a node).
     """
 
-    def __init__(self, spec: EncoderSpec, model_bytes: bytes, threads: int = 1) -> None:
+    def __init__(
+        self, spec: EncoderSpec, model_bytes: bytes, threads: int = 1, cut: str | None = None
+    ) -> None:
+        """``cut`` names a graph tensor: the graph then stops there (the frozen part of a backbone
+        whose end trains, ``vsearch.models.onnx_torch``) and ``spec`` describes that tensor's
+        map, under the name ``<name>@<cut>``."""
         import onnxruntime as ort
+
+        if cut is not None:
+            from vsearch.models.onnx_torch import truncate
+
+            model_bytes = truncate(model_bytes, cut)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
@@ -50,6 +61,14 @@ class OnnxBackbone:
         out_shape = outputs[0].shape
         if len(out_shape) != 4:
             raise ValueError(f"{spec.name}: ONNX output has shape {out_shape}; expected 4 dims")
+        if cut is not None:
+            channels, rows, cols = out_shape[1:]
+            if not all(isinstance(d, int) for d in (channels, rows, cols)) or rows != cols:
+                raise ValueError(
+                    f"{spec.name}: the tensor {cut!r} has shape {out_shape}; a cut must be a "
+                    "(batch, C, g, g) map (for an NHWC tensor, cut at the Transpose after it)"
+                )
+            spec = replace(spec, name=f"{spec.name}@{cut}", channels=channels, grid=rows)
         self.spec = spec
         if shape[2] != spec.input_size or (
             isinstance(out_shape[1], int) and out_shape[1] != spec.channels
@@ -75,9 +94,11 @@ class OnnxBackbone:
         return torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
 
 
-def backbone_id(name: str, model_bytes: bytes) -> str:
-    """A short identity of a frozen backbone: its name and the sha256 prefix of its bytes."""
-    return f"{name}-{hashlib.sha256(model_bytes).hexdigest()[:12]}"
+def backbone_id(name: str, model_bytes: bytes, cut: str | None = None) -> str:
+    """A short identity of a frozen backbone (or of its part up to tensor ``cut``): its name,
+    the cut, and the sha256 prefix of its bytes. Feature caches are keyed by it."""
+    part = f"@{cut}" if cut else ""
+    return f"{name}{part}-{hashlib.sha256(model_bytes).hexdigest()[:12]}"
 
 
 def xception_spec(input_size: int = 224, **_: object) -> EncoderSpec:

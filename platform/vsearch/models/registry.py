@@ -61,9 +61,12 @@ def backbone_spec(name: str, input_size: int) -> EncoderSpec:
     return built if backend == "onnx" else built.spec
 
 
-def create_backbone(name: str, input_size: int, model_bytes: bytes | None = None) -> Any:
+def create_backbone(
+    name: str, input_size: int, model_bytes: bytes | None = None, cut: str | None = None
+) -> Any:
     """Build backbone ``name``: a trainable ``nn.Module`` (torch) or a frozen ``OnnxBackbone``
-    from ``model_bytes`` (onnx). Both have ``.spec`` and map images to feature maps."""
+    from ``model_bytes`` (onnx; up to tensor ``cut`` when given). Both have ``.spec`` and map
+    images to feature maps."""
     backend, factory = _factory(name)
     if backend == "torch":
         module: nn.Module = factory(input_size=input_size)
@@ -72,4 +75,4 @@ def create_backbone(name: str, input_size: int, model_bytes: bytes | None = None
         raise ValueError(f"backbone {name!r} is an ONNX graph: its model bytes are needed")
     from vsearch.models.onnx_backbone import OnnxBackbone
 
-    return OnnxBackbone(factory(input_size=input_size), model_bytes)
+    return OnnxBackbone(factory(input_size=input_size), model_bytes, cut=cut)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,9 @@ WORKER_ENV = {
     # Ray Train v2 re-routes worker print() through its logger *and* the console, so each progress
     # line would reach the driver twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Training workers and split coordinators drive Ray Data executions of their own: no INFO
+    # lines ("Starting execution ...", "Execution plan ...") from them.
+    "RAY_DATA_LOG_LEVEL": "WARNING",
 }
 
 
@@ -36,6 +40,12 @@ def quiet_worker_logs() -> None:
     """Runs in every Ray worker process of our sessions (``worker_process_setup_hook``)."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Progress bars are off on purpose (jobs draw their own): no notice that they are.
+    from ray.util import log_once
+
+    log_once("ray_data_progress_manager_disabled")
+    # Ray Train's dataset manager sets an execution option that Ray itself deprecates.
+    warnings.filterwarnings("ignore", message=r".*exclude_resources.*is deprecated")
 
 
 #: ``quiet_worker_logs`` by import path, as Ray's runtime environment names it.

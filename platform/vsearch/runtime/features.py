@@ -69,10 +69,11 @@ class MapEncoder:
         backbone_url: str,
         max_pixels: int,
         views: list[float] | None = None,
+        cut: str | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self.storage = Storage(storage_root, storage_options)
-        self.backbone = create_backbone(arch, 0, self.storage.read_bytes(backbone_url))
+        self.backbone = create_backbone(arch, 0, self.storage.read_bytes(backbone_url), cut=cut)
         self.max_pixels = max_pixels
         self.views = list(views or [1.0])
 
@@ -134,7 +135,9 @@ def cache_feature_maps(
     ``cfg.model``'s backbone."""
     started = time.perf_counter()
     storage = Storage(cfg.storage, cfg.storage_options)
-    cache = FeatureCache(storage, backbone_id(cfg.model.arch, backbone_bytes))
+    cache = FeatureCache(
+        storage, backbone_id(cfg.model.arch, backbone_bytes, cfg.model.backbone_cut)
+    )
     actors = cfg.index.embed_actors
     unique = sorted(set(uris))
     hashed = ray.data.from_items([{"uri": u} for u in unique]).map_batches(
@@ -185,6 +188,7 @@ def cache_feature_maps(
                     "backbone_url": cfg.model.backbone_url,
                     "max_pixels": cfg.index.max_pixels,
                     "views": [fraction],
+                    "cut": cfg.model.backbone_cut,
                 },
                 batch_size=cfg.index.batch_size,
                 batch_format="numpy",

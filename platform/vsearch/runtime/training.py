@@ -11,24 +11,25 @@ import tempfile
 import time
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
+from ray.train.torch import TorchConfig, TorchTrainer, prepare_model
 
 from vsearch.config import Config
 from vsearch.models.artifact import ModelArtifact, build_network
-from vsearch.models.encoder import EncoderSpec
-from vsearch.models.registry import backbone_spec
-from vsearch.storage.datasets import read_dataset
-from vsearch.storage.feature_cache import FeatureCache, view_key
+from vsearch.runtime.cluster import quiet_ray_data
+from vsearch.runtime.training_data import streamed_training_set, training_datasets
 from vsearch.storage.fs import Storage
-from vsearch.storage.images import read_images
-from vsearch.training import MetricTrainer, TrainingSet
-from vsearch.training.dataset import stack_maps
+from vsearch.training import MetricTrainer
 from vsearch.training.distributed import all_gather_with_grad
 
 _CKPT_FILE = "state.pt"
@@ -36,72 +37,33 @@ _CKPT_FILE = "state.pt"
 _FAULT_MARKER = "injected_failure.json"
 
 
-def _tag_uris(table: pa.Table, tag: str) -> pa.Table:
-    if not tag:
-        return table
-    uris = pa.array([u + tag for u in table["image_uri"].to_pylist()], pa.string())
-    index = table.schema.get_field_index("image_uri")
-    return table.set_column(index, table.schema.field(index), uris)
-
-
-def load_training_set(
-    cfg: Config,
-    dataset_prefix: str,
-    map_keys: dict[str, str] | None = None,
-    cache_id: str | None = None,
-    image_sizes: dict[str, tuple[int, int]] | None = None,
-) -> TrainingSet:
-    """The catalogue and the training-split photos as network inputs.
-
-    Trainable backbones: images decoded and preprocessed. Frozen backbones (``map_keys`` given:
-    image URI -> content key): their cached feature maps from ``features/<cache_id>``.
-    """
-    storage = Storage(cfg.storage, cfg.storage_options)
-    ds = read_dataset(storage, dataset_prefix)
-    train_queries = ds.queries_of("train")
-    uris = ds.catalog["image_uri"].to_pylist() + train_queries["image_uri"].to_pylist()
-    if map_keys is not None:
-        if cache_id is None:
-            raise ValueError("cached feature maps need the cache id of their backbone")
-        views = cfg.model.views
-        wanted = [view_key(k, v) for k in map_keys.values() for v in views]
-        maps = FeatureCache(storage, cache_id).read(wanted)
-        # Each view is a row of its own; the first view keeps the image's URI (so click sessions
-        # and subject boxes find it), the others get "#view=<fraction>" appended.
-        items: dict[str, np.ndarray | None] = {}
-        catalogs, photo_tables = [], []
-        for i, fraction in enumerate(views):
-            tag = "" if i == 0 else f"#view={fraction:g}"
-            for uri in uris:
-                key = map_keys.get(uri)
-                items[uri + tag] = maps.get(view_key(key, fraction)) if key else None
-            catalogs.append(_tag_uris(ds.catalog, tag))
-            photo_tables.append(_tag_uris(train_queries, tag))
-        return TrainingSet.from_tables(
-            pa.concat_tables(catalogs),
-            pa.concat_tables(photo_tables),
-            ds.clicks,
-            items,
-            stack_maps,
-            "maps",
-            image_sizes,
+def wants_gpu(setting: str | bool, workers: int, have: int) -> bool:
+    """Whether the training workers take GPUs, given the cluster's ``have`` GPUs: ``setting``
+    "auto" asks for them when there is one per worker; True requires them (a clear error if
+    there are too few); False never asks."""
+    if setting == "auto":
+        return have >= workers
+    if setting and have < workers:
+        raise ValueError(
+            f"train.use_gpu is true but the cluster has {have} GPU(s) for {workers} workers; "
+            "set train.use_gpu to auto or false, or add GPU nodes"
         )
-    spec: EncoderSpec = backbone_spec(cfg.model.arch, cfg.model.input_size)
-    # Photos are shrunk while decoding: training sees them at input_size anyway.
-    images, _ = read_images(storage, uris, cfg.index.max_pixels, max_side=4 * spec.input_size)
-    decoded = dict(zip(uris, images, strict=True))
-    return TrainingSet.from_tables(
-        ds.catalog, train_queries, ds.clicks, decoded, spec.preprocess, kind="images"
-    )
+    return bool(setting)
+
+
+def _reduce(values: list[float], op: str) -> list[float]:
+    """``values`` reduced over every rank ("sum" or "max"); unchanged without a process group.
+    The tensor lives on the worker's device (nccl reduces GPU tensors only)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ray.train.torch.get_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.cpu().tolist()
 
 
 def _stop_everywhere(stop: bool) -> bool:
     """True on every rank if any rank wants to stop (keeps data-parallel ranks in lockstep)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return stop
-    flag = torch.tensor([1.0 if stop else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+    return _reduce([1.0 if stop else 0.0], "max")[0] > 0
 
 
 def _maybe_inject_failure(cfg: Config, run_name: str, rank: int, world: int, epoch: int) -> None:
@@ -132,6 +94,8 @@ def _quiet_worker_logs() -> None:
 
     for name in ("ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Each worker drives the Ray Data execution of its shard: no progress lines from it either.
+    quiet_ray_data()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -141,26 +105,38 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = load_training_set(
-        cfg,
-        loop_config["dataset_prefix"],
-        loop_config["map_keys"],
-        loop_config["cache_id"],
-        loop_config["image_sizes"],
-    )
+    data, counts = streamed_training_set(cfg, loop_config["dataset_prefix"], loop_config["kind"])
+    # The run's totals: photos are split across the workers, the catalogue is on each.
+    photos, photo_skipped = _reduce([counts["photo_rows"], counts["photo_skipped"]], "sum")
+    total_rows = int(photos) + counts["catalog_rows"]
+    total_skipped = int(photo_skipped) + counts["catalog_skipped"]
     torch.manual_seed(cfg.model.seed)
     products = data.product_ids if cfg.train.proxy_weight > 0 else []
-    network = build_network(cfg.model, len(data.category_names), len(products))
+    # A backbone whose end trains (model.backbone_cut) builds that tail from its graph.
+    tail_bytes = None
+    if cfg.model.backbone_cut and cfg.model.backbone_url:
+        tail_bytes = Storage(cfg.storage, cfg.storage_options).read_bytes(cfg.model.backbone_url)
+    network = build_network(
+        cfg.model, len(data.category_names), len(products), tail_bytes, attach_backbone=False
+    )
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(os.path.join(ckpt_dir, _CKPT_FILE), weights_only=True)
+            state = torch.load(
+                os.path.join(ckpt_dir, _CKPT_FILE), map_location="cpu", weights_only=True
+            )
         network.load_state_dict(state["model"])
         start_epoch = int(state["epoch"]) + 1
     model = prepare_model(network.trainable_part)
     trainer = MetricTrainer(
-        model, cfg.train, data, rank=rank, world_size=world, gather=all_gather_with_grad
+        model,
+        cfg.train,
+        data,
+        rank=rank,
+        world_size=world,
+        gather=all_gather_with_grad,
+        batches_per_rank=loop_config["batches_per_rank"],
     )
     if checkpoint is not None:
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -172,9 +148,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {
             **stats.as_dict(),
             "elapsed_s": elapsed,
-            "train_images": len(data),
+            "train_images": total_rows,
             "click_triplets": len(data.click_triplets),
-            "skipped_images": len(data.skipped),
+            "skipped_images": total_skipped,
             "start_epoch": start_epoch,
         }
         budget = cfg.train.time_budget_s
@@ -222,18 +198,26 @@ def fit(
     """
     storage = Storage(cfg.storage, cfg.storage_options)
     fs, root = storage.pyarrow_filesystem()
+    datasets, batches_per_rank = training_datasets(
+        cfg, dataset_prefix, map_keys, cache_id, image_sizes
+    )
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = wants_gpu(cfg.train.use_gpu, cfg.train.num_workers, gpus)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.model_dump(),
             "dataset_prefix": dataset_prefix,
-            "map_keys": map_keys,
-            "cache_id": cache_id,
-            "image_sizes": image_sizes,
+            "kind": "maps" if map_keys is not None else "images",
+            "batches_per_rank": batches_per_rank,
         },
+        # The photos are split across the workers; every worker gets the whole catalogue.
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
-            use_gpu=False,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=RunConfig(
@@ -249,7 +233,9 @@ def fit(
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
     with result.checkpoint.as_directory() as ckpt_dir:
-        state = torch.load(os.path.join(ckpt_dir, _CKPT_FILE), weights_only=True)
+        state = torch.load(
+            os.path.join(ckpt_dir, _CKPT_FILE), map_location="cpu", weights_only=True
+        )
     metrics = dict(result.metrics or {})
     info = {
         "run_name": run_name,

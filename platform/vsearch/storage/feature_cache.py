@@ -75,6 +75,28 @@ class FeatureCache:
             posixpath.join(self.folder, f"part-{uuid.uuid4().hex}.parquet"), buf.getvalue()
         )
 
+    def locate(self, keys: Iterable[str]) -> dict[str, str]:
+        """``{key: part}``: the part file holding each of ``keys`` that is cached (only the key
+        columns are read). Streaming readers then open just the parts they need."""
+        wanted = set(keys)
+        found: dict[str, str] = {}
+        for name in self._parts():
+            for key in self._read_part(name, ["key"])["key"].to_pylist():
+                if key in wanted:
+                    found.setdefault(key, name)
+        return found
+
+    def read_part(self, part: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """``{key: (C, g, g) float16}`` for those of ``keys`` stored in part file ``part``."""
+        wanted = set(keys)
+        table = self._read_part(part)
+        shape = tuple(json.loads(table.schema.metadata[b"shape"]))
+        out: dict[str, np.ndarray] = {}
+        for key, blob in zip(table["key"].to_pylist(), table["map"].to_pylist(), strict=True):
+            if key in wanted and key not in out:
+                out[key] = np.frombuffer(blob, dtype=np.float16).reshape(shape)
+        return out
+
     def read(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """``{key: (C, g, g) float16}`` for ``keys`` (all when None); missing keys are absent."""
         wanted = set(keys) if keys is not None else None

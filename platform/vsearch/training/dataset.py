@@ -133,3 +133,73 @@ class TrainingSet:
 def stack_maps(maps: list[np.ndarray]) -> torch.Tensor:
     """Cached ``(C, g, g)`` maps -> one ``(n, C, g, g) float16`` tensor (half the memory)."""
     return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float16) for m in maps]))
+
+
+def view_tag(index: int, fraction: float) -> str:
+    """What is appended to an image URI to name its ``index``-th view ("" for the first view,
+    which keeps the plain URI so that click sessions and subject boxes find it)."""
+    return "" if index == 0 else f"#view={fraction:g}"
+
+
+def _box(value: object) -> list[float] | None:
+    """A streamed row's box as 4 floats, or None: Arrow's null can arrive as None or NaN."""
+    if value is None or np.ndim(value) != 1 or np.size(value) != 4:
+        return None
+    box = [float(v) for v in np.asarray(value)]
+    return None if any(np.isnan(box)) else box
+
+
+def _column(batches: list[Mapping[str, np.ndarray]], name: str) -> list:
+    return [value for batch in batches for value in batch[name]]
+
+
+def from_streamed_rows(
+    catalog: list[Mapping[str, np.ndarray]],
+    photos: list[Mapping[str, np.ndarray]],
+    clicks: pa.Table | None,
+    kind: Literal["images", "maps"],
+) -> TrainingSet:
+    """A ``TrainingSet`` from batches of streamed rows (``training_rows``'s columns plus
+    ``input``, the row's decoded input, and ``error``, non-empty where it could not be read).
+
+    ``catalog`` holds every catalogue row, ``photos`` this worker's share of the photo rows:
+    batches are drawn from these, each product with its catalogue image. Unreadable rows are
+    counted in ``skipped``.
+    """
+    decoded: dict[str, np.ndarray | None] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    tables = []
+    for batches in (catalog, photos):
+        uris = [str(u) for u in _column(batches, "image_uri")]
+        for uri, item, err, w, h in zip(
+            uris,
+            _column(batches, "input"),
+            _column(batches, "error"),
+            _column(batches, "width"),
+            _column(batches, "height"),
+            strict=True,
+        ):
+            decoded[uri] = None if err else item
+            sizes[uri] = (int(w), int(h))
+        # A box is in pixels of the stored image: without that image's size it cannot be used.
+        boxes = [
+            _box(b) if all(sizes[u]) else None
+            for u, b in zip(uris, _column(batches, "box"), strict=True)
+        ]
+        tables.append(
+            pa.table(
+                {
+                    "image_uri": pa.array(uris, pa.string()),
+                    "product_id": pa.array([str(p) for p in _column(batches, "product_id")]),
+                    "category": pa.array([str(c) for c in _column(batches, "category")]),
+                    "box": pa.array(boxes, pa.list_(pa.float32())),
+                }
+            )
+        )
+    to_inputs = stack_maps if kind == "maps" else stack_images
+    return TrainingSet.from_tables(tables[0], tables[1], clicks, decoded, to_inputs, kind, sizes)
+
+
+def stack_images(images: list[np.ndarray]) -> torch.Tensor:
+    """Preprocessed ``(3, s, s)`` images -> one ``(n, 3, s, s) float32`` tensor."""
+    return torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) for i in images]))

@@ -92,20 +92,27 @@ class MetricTrainer:
         rank: int = 0,
         world_size: int = 1,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        batches_per_rank: int | None = None,
     ) -> None:
         """``gather`` (e.g. ``all_gather_with_grad`` under DDP) lets the label loss see the
-        embeddings of every worker's batch; None keeps it local."""
+        embeddings of every worker's batch; None keeps it local.
+
+        ``data`` is the whole training set (every rank draws its share of the batches from it)
+        unless ``batches_per_rank`` is given: then ``data`` is this rank's shard, batches are
+        drawn from it alone, and every rank runs that many steps per epoch."""
         self.model = model
         self.cfg = cfg
         self.data = data
         self.rank = rank
+        sharded = batches_per_rank is not None
         self.sampler = PKBatchSampler(
             data.labels,
             cfg.products_per_batch,
             cfg.images_per_product,
-            seed=cfg.seed,
-            rank=rank,
-            world_size=world_size,
+            seed=cfg.seed * 1_000 + rank if sharded else cfg.seed,
+            rank=0 if sharded else rank,
+            world_size=1 if sharded else world_size,
+            batches_per_rank=batches_per_rank,
         )
         self.label_loss = make_label_loss(
             cfg.label_loss,
@@ -116,10 +123,19 @@ class MetricTrainer:
             generator=torch.Generator().manual_seed(cfg.seed + rank),
         )
         self.click_loss = TripletMarginLoss(cfg.margin)
+        # Inputs are augmented on the CPU, then moved to where the model's weights are (a GPU
+        # when the caller placed it there).
+        first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+        self.device = first.device if first is not None else torch.device("cpu")
         self.augment = RandomAugment(mode=cfg.augment, paste_prob=cfg.paste_prob)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        # A pretrained backbone tail (parameters under "tail.") learns at a fraction of lr.
+        named = list(model.named_parameters()) if isinstance(model, nn.Module) else []
+        tail = [p for name, p in named if name.split(".")[0] == "tail" or ".tail." in name]
+        rest = [p for name, p in named if not (name.split(".")[0] == "tail" or ".tail." in name)]
+        groups: list[dict] = [{"params": rest, "lr_scale": 1.0}]
+        if tail:
+            groups.append({"params": tail, "lr_scale": cfg.backbone_lr_scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Click triplets per step: half a label batch keeps the two losses comparable in cost.
         self.clicks_per_step = (cfg.products_per_batch * cfg.images_per_product) // 2
 
@@ -154,8 +170,10 @@ class MetricTrainer:
         x = self.data.inputs[rows]
         boxes = torch.from_numpy(self.data.boxes[rows])
         if self.data.kind == "maps":
-            return flip_maps(x.float(), boxes, gen)
-        return self.augment.with_boxes(x, boxes, gen)
+            x, boxes = flip_maps(x.float(), boxes, gen)
+        else:
+            x, boxes = self.augment.with_boxes(x, boxes, gen)
+        return x.to(self.device), boxes.to(self.device)
 
     def train_epoch(self, epoch: int) -> EpochStats:
         if isinstance(self.model, nn.Module):
@@ -171,10 +189,10 @@ class MetricTrainer:
         for batch in self.sampler.epoch(epoch):
             lr = self.lr_at(epoch + steps / steps_per_epoch)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = self._with_catalog(batch)
             x, boxes = self._inputs(batch, gen)
-            labels = torch.from_numpy(self.data.labels[batch])
+            labels = torch.from_numpy(self.data.labels[batch]).to(self.device)
             n_label = len(batch)
             if use_clicks:
                 pick = rng.choice(len(self.data.click_triplets), size=self.clicks_per_step)
@@ -189,7 +207,7 @@ class MetricTrainer:
                 click_loss = self.click_loss(a, p, n)
             category_loss = torch.zeros(())
             if out.category_logits.shape[1] and cfg.category_weight > 0:
-                cats = torch.from_numpy(self.data.categories[batch])
+                cats = torch.from_numpy(self.data.categories[batch]).to(self.device)
                 category_loss = F.cross_entropy(out.category_logits[:n_label], cats)
             proxy_loss = torch.zeros(())
             if out.product_logits.shape[1] and cfg.proxy_weight > 0:
