@@ -3,6 +3,7 @@
     vsearch demo [--once]        generate -> train -> reindex -> evaluate -> serve -> report
     vsearch generate|mine|train|reindex|evaluate
     vsearch dedup [--products FILE]   duplicate listings: image, text and BM25 channels
+    vsearch nightly              reindex, evaluate, publish only past the quality gate
     vsearch index list|publish VERSION|rollback|gc --keep N   index versions on storage
     vsearch serve                serve the published index until Ctrl-C
     vsearch search --url URL photo.jpg
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument(
         "--products", metavar="FILE", help="only these listings (ids, one per line, or Parquet)"
     )
+    sub.add_parser(
+        "nightly", parents=[common], help="reindex, evaluate, publish behind a quality gate"
+    )
     index = sub.add_parser("index", parents=[common], help="list, publish, roll back, gc indexes")
     index_sub = index.add_subparsers(dest="index_command", required=True)
     index_sub.add_parser("list", parents=[common], help="versions on storage (* published)")
@@ -127,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs import dedup
 
         dedup.main(cfg, products=args.products)
+    elif args.command == "nightly":
+        from jobs import nightly
+
+        nightly.main(cfg)
     elif args.command == "index":
         return _index(cfg, args)
     elif args.command == "serve":

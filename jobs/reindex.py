@@ -18,7 +18,9 @@ from vsearch.storage import IndexStore, ModelStore
 from vsearch.storage.artifacts import new_version
 
 
-def main(cfg: Config, model_version: str | None = None) -> Manifest:
+def main(cfg: Config, model_version: str | None = None, publish: bool = True) -> Manifest:
+    """Embed, build and write a new index version; publish it unless ``publish`` is False (then
+    it is complete on storage, for ``vsearch nightly`` to evaluate before publishing)."""
     prefix = ensure_dataset(cfg)
     storage = storage_of(cfg)
     model_version = model_version or ModelStore(storage).latest()
@@ -47,11 +49,16 @@ def main(cfg: Config, model_version: str | None = None) -> Manifest:
     manifest = store.write_version(
         new_version("i"), built, model_version, embedded.vectors.shape[1], stats
     )
-    store.publish(manifest)
+    if publish:
+        store.publish(manifest)
+    else:
+        store.write_manifest(manifest)
     print_summary(
         "reindex",
         {
-            "index version (published)": manifest.version,
+            "index version" + (" (published)" if publish else " (written, not published)"): (
+                manifest.version
+            ),
             "model version": model_version,
             "images embedded": len(embedded.vectors),
             "images skipped": len(embedded.errors),

@@ -297,6 +297,15 @@ class ServeConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 
+class NightlyConfig(_Strict):
+    """``vsearch nightly``: reindex with the latest model, evaluate, publish behind a quality gate."""
+
+    #: Report key compared between the new and the published version (dots walk the report).
+    metric: str = "photo_to_catalog.recall_at_10"
+    #: The new version is published unless its metric is below the published one's by more.
+    tolerance: float = Field(0.01, ge=0)
+
+
 class DemoConfig(_Strict):
     """What ``vsearch demo`` adds for its report."""
 
@@ -385,6 +394,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
     demo: DemoConfig = DemoConfig()
+    nightly: NightlyConfig = NightlyConfig()
     dedup: DedupConfig = DedupConfig()
     ray: RayConfig = RayConfig()
 

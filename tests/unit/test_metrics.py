@@ -210,3 +210,16 @@ def test_latency_summary_single_and_invalid() -> None:
         latency_summary([0.1, -0.2])
     with pytest.raises(ValueError, match="finite and >= 0"):
         latency_summary([math.nan])
+
+
+def test_quality_gate_and_report_values() -> None:
+    from vsearch.eval.quality import quality_gate, report_value
+
+    assert quality_gate(0.5, None, 0.0)[0]
+    assert quality_gate(0.80, 0.81, 0.01)[0] and quality_gate(0.82, 0.81, 0.0)[0]
+    passed, reason = quality_gate(0.79, 0.81, 0.01)
+    assert not passed and reason.startswith("failed") and "-0.0200" in reason
+    report = {"photo_to_catalog": {"recall_at_10": 0.9}}
+    assert report_value(report, "photo_to_catalog.recall_at_10") == 0.9
+    with pytest.raises(KeyError, match="recall_at_5"):
+        report_value(report, "photo_to_catalog.recall_at_5")

@@ -141,3 +141,27 @@ def quality_markdown(report: Mapping[str, Any]) -> str:
     if "box" in report:
         lines.append(f"Subject box IoU: {report['box']['iou']:.3f}.")
     return "\n".join(lines) + "\n"
+
+
+def report_value(report: Mapping[str, Any], key: str) -> float:
+    """The number at dotted ``key`` of an evaluation report (``"photo_to_catalog.recall_at_10"``)."""
+    value: Any = report
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(f"the evaluation report has no {key!r} (missing {part!r})")
+        value = value[part]
+    return float(value)
+
+
+def quality_gate(new: float, published: float | None, tolerance: float) -> tuple[bool, str]:
+    """Whether a new index version may replace the published one: its metric may fall below the
+    published version's by at most ``tolerance``. With nothing published it passes."""
+    if published is None:
+        return True, f"nothing published yet: new {new:.4f}"
+    delta = new - published
+    passed = delta >= -tolerance - 1e-12
+    verdict = "passed" if passed else "failed"
+    return passed, (
+        f"{verdict}: new {new:.4f} vs published {published:.4f} "
+        f"(change {delta:+.4f}, tolerance {tolerance:.4f})"
+    )

@@ -153,15 +153,20 @@ class IndexStore:
             stats=stats,
         )
 
-    def publish(self, manifest: Manifest) -> None:
-        """Write the manifest (with its sha256 beside it), then point ``CURRENT`` at it: the
-        version is live from here on, and ``HISTORY`` records it for ``rollback``."""
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Write the manifest (with its sha256 beside it): the version is complete, and can be
+        evaluated or published, but nothing serves it yet."""
         base = posixpath.join(self.prefix, manifest.version)
         text = manifest.to_json()
         self.storage.write_text(posixpath.join(base, "manifest.json"), text)
         self.storage.write_text(
             posixpath.join(base, "manifest.sha256"), sha256_hex(text.encode("utf-8"))
         )
+
+    def publish(self, manifest: Manifest) -> None:
+        """Write the manifest, then point ``CURRENT`` at it: the version is live from here on,
+        and ``HISTORY`` records it for ``rollback``."""
+        self.write_manifest(manifest)
         self._point_at(manifest.version)
 
     def _point_at(self, version: str) -> None:
