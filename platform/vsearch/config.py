@@ -207,13 +207,14 @@ class TrainConfig(_Strict):
     #: GPUs: "auto" gives each worker one GPU (and nccl) when the cluster has a GPU per worker,
     #: else trains on CPU (gloo); true requires them, false never asks.
     use_gpu: Literal["auto"] | bool = "auto"
-    #: Ray Data readers that attach inputs to the streamed training rows: rows per read batch and
-    #: CPUs per reader actor (one reader per dataset: the photos and the catalogue).
-    read_batch_size: int = Field(64, ge=1)
     #: Learning rate of a trainable backbone tail (``model.backbone_cut``) as a fraction of
     #: ``lr``: pretrained weights move slower than new heads.
     backbone_lr_scale: float = Field(0.1, ge=0)
+    #: Ray Data read tasks that attach inputs to the streamed training rows: rows per task, CPUs
+    #: per task, and tasks at a time per dataset (the photos, and the catalogue of each worker).
+    read_batch_size: int = Field(64, ge=1)
     read_cpus: float = Field(0.25, gt=0)
+    read_tasks: int = Field(2, ge=1)
 
 
 class MiningConfig(_Strict):

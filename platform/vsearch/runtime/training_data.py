@@ -267,6 +267,7 @@ def training_datasets(
             batch_size=None,
             batch_format="numpy",
             num_cpus=train.read_cpus,
+            compute=ray.data.TaskPoolStrategy(size=min(train.read_tasks, len(blocks))),
         )
 
     batches = _epoch_batches(cfg, catalog_rows, photo_rows)
