@@ -159,3 +159,15 @@ def test_build_shards_records_engine_and_nprobe() -> None:
     entry, _ = built[0].package()
     assert entry.engine.startswith("BIVF") and entry.nprobe == built[0].index.nprobe
     assert entry.shortlist == built[0].index.shortlist
+
+
+def test_a_one_image_shard_is_tuned_too() -> None:
+    # A category with a single catalogue image (GroceryStore has several): its shard must be
+    # searchable with its tuned settings, like every other.
+    x = _clustered(5)
+    meta = _meta(5, "big").set_column(2, "category", pa.array(["big"] * 4 + ["one"]))
+    built = {b.category: b for b in build_shards(x, meta, 1, TuningSpec(probes=10))}
+    one = built["one"]
+    assert one.index.shortlist == one.package()[0].shortlist == 10
+    _, rows = one.index.search(x[:2], 3)
+    assert rows[:, 0].tolist() == [0, 0] and (rows[:, 1:] == -1).all()

@@ -182,6 +182,8 @@ def tune_search(
     """
     n = len(shard)
     if n <= 1:
+        # Nothing to shortlist: any search returns the shard's one row (or none).
+        shard.shortlist = spec.k
         return Tuning(spec.k, 1.0, spec.k, 0, spec.target, True, shard.nprobe)
     rows, probes = probe_queries(shard.vectors, spec.probes, spec.noise, spec.seed)
     truth = exact_rows(shard.vectors, probes, spec.k, exclude=rows)
