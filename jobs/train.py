@@ -67,7 +67,7 @@ def main(cfg: Config, run_name: str | None = None) -> str:
         "train",
         {
             "model version": version,
-            "backbone": cfg.model.arch + (" (frozen, heads trained)" if backbone else ""),
+            "backbone": cfg.model.arch + _trained_part(cfg, backbone is not None),
             "run (resume with --run-name)": run_name,
             "workers": cfg.train.num_workers,
             **rows,
@@ -81,3 +81,11 @@ def main(cfg: Config, run_name: str | None = None) -> str:
         },
     )
     return version
+
+
+def _trained_part(cfg: Config, onnx: bool) -> str:
+    if not onnx:
+        return ""
+    if cfg.model.backbone_cut:
+        return f" (frozen up to {cfg.model.backbone_cut}; the rest and the heads trained)"
+    return " (frozen, heads trained)"
