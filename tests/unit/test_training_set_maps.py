@@ -4,6 +4,8 @@ code feeds the streamed Ray Train datasets and the in-process ``load_training_se
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute
 import pytest
 
 from jobs.common import dataset_prefix, ensure_dataset
@@ -93,3 +95,31 @@ def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) 
     ]
     for data in sets:
         assert (data.catalog_rows >= 0).all()  # every product can pair a photo with its image
+
+
+def test_shards_agree_on_labels_even_when_a_product_has_no_catalogue_image(cached) -> None:
+    from vsearch.runtime.training_data import vocabularies
+
+    cfg, ds, train, keys, sizes, cache = cached
+    catalog, photos = training_rows(ds.catalog, train, cfg.model.views, keys, sizes)
+    # The first product loses its catalogue image: its photos then sit on one worker only.
+    lost = catalog["product_id"][0].as_py()
+    catalog = catalog.filter(pa.compute.not_equal(catalog["product_id"], lost))
+    read = MapRowReader(cfg.storage, {}, "test-backbone")
+
+    def batch_of(table):
+        batch = _numpy_batch(table)
+        located = cache.locate(batch["key"])
+        batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
+        return read(batch)
+
+    mask = pa.compute.equal(photos["product_id"], lost)
+    shards = [photos.filter(mask), photos.filter(pa.compute.invert(mask))]
+    vocab = vocabularies(catalog, photos)
+    sets = [
+        from_streamed_rows([batch_of(catalog)], [batch_of(s)], None, "maps", **vocab)
+        for s in shards
+    ]
+    assert sets[0].product_ids == sets[1].product_ids == vocab["product_ids"]
+    assert sets[0].category_names == sets[1].category_names == vocab["category_names"]
+    assert lost in sets[0].product_ids

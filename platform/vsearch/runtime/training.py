@@ -105,7 +105,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = Config.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data, counts = streamed_training_set(cfg, loop_config["dataset_prefix"], loop_config["kind"])
+    data, counts = streamed_training_set(
+        cfg, loop_config["dataset_prefix"], loop_config["kind"], loop_config["vocab"]
+    )
     # The run's totals: photos are split across the workers, the catalogue is on each.
     photos, photo_skipped = _reduce([counts["photo_rows"], counts["photo_skipped"]], "sum")
     total_rows = int(photos) + counts["catalog_rows"]
@@ -198,7 +200,7 @@ def fit(
     """
     storage = Storage(cfg.storage, cfg.storage_options)
     fs, root = storage.pyarrow_filesystem()
-    datasets, batches_per_rank = training_datasets(
+    datasets, batches_per_rank, vocab = training_datasets(
         cfg, dataset_prefix, map_keys, cache_id, image_sizes
     )
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -210,6 +212,7 @@ def fit(
             "dataset_prefix": dataset_prefix,
             "kind": "maps" if map_keys is not None else "images",
             "batches_per_rank": batches_per_rank,
+            "vocab": vocab,
         },
         # The photos are split across the workers; every worker gets the whole catalogue.
         datasets=datasets,

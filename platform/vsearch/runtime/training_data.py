@@ -224,14 +224,20 @@ def _attach_inputs(
     return reader(**reader_args)(batch)
 
 
+def vocabularies(catalog_rows: pa.Table, photo_rows: pa.Table) -> dict[str, list[str]]:
+    """The products and categories of the whole set, sorted: every worker labels its shard with
+    these, so that labels and the category head agree across workers."""
+    return {
+        name: sorted(set(catalog_rows[column].to_pylist()) | set(photo_rows[column].to_pylist()))
+        for name, column in (("product_ids", "product_id"), ("category_names", "category"))
+    }
+
+
 def _epoch_batches(cfg: Config, catalog_rows: pa.Table, photo_rows: pa.Table) -> int:
     """P x K batches per worker and epoch, from the whole set (every worker runs as many)."""
-    products = set(catalog_rows["product_id"].to_pylist()) | set(
-        photo_rows["product_id"].to_pylist()
-    )
     return PKBatchSampler.natural_batches(
         catalog_rows.num_rows + photo_rows.num_rows,
-        len(products),
+        len(vocabularies(catalog_rows, photo_rows)["product_ids"]),
         cfg.train.products_per_batch,
         cfg.train.images_per_product,
         cfg.train.num_workers,
@@ -244,8 +250,9 @@ def training_datasets(
     map_keys: Mapping[str, str] | None = None,
     cache_id: str | None = None,
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
-) -> tuple[dict[str, ray.data.Dataset], int]:
-    """``({"catalog": ..., "train": ...}, batches per worker and epoch)`` for ``fit``.
+) -> tuple[dict[str, ray.data.Dataset], int, dict[str, list[str]]]:
+    """``({"catalog": ..., "train": ...}, batches per worker and epoch, vocabularies)`` for
+    ``fit``.
 
     With ``map_keys`` (URI -> content key) and ``cache_id`` the rows read cached maps of a
     frozen backbone; without, they decode images. The epoch's length is computed here, from
@@ -271,7 +278,8 @@ def training_datasets(
         )
 
     batches = _epoch_batches(cfg, catalog_rows, photo_rows)
-    return {"catalog": dataset(catalog_rows), "train": dataset(photo_rows)}, batches
+    datasets = {"catalog": dataset(catalog_rows), "train": dataset(photo_rows)}
+    return datasets, batches, vocabularies(catalog_rows, photo_rows)
 
 
 def _numpy_batch(table: pa.Table) -> dict[str, np.ndarray]:
@@ -305,7 +313,8 @@ def load_training_set(
     batches = [[read(_numpy_batch(rows))] for rows in (catalog_rows, photo_rows)]
     clicks = read_dataset(Storage(cfg.storage, cfg.storage_options), dataset_prefix).clicks
     kind = "images" if map_keys is None else "maps"
-    return from_streamed_rows(batches[0], batches[1], clicks, kind)
+    vocab = vocabularies(catalog_rows, photo_rows)
+    return from_streamed_rows(batches[0], batches[1], clicks, kind, **vocab)
 
 
 def _collect(name: str) -> list[dict[str, np.ndarray]]:
@@ -316,7 +325,10 @@ def _collect(name: str) -> list[dict[str, np.ndarray]]:
 
 
 def streamed_training_set(
-    cfg: Config, dataset_prefix: str, kind: Literal["images", "maps"]
+    cfg: Config,
+    dataset_prefix: str,
+    kind: Literal["images", "maps"],
+    vocab: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[TrainingSet, dict[str, int]]:
     """Inside a Ray Train worker: this worker's photo rows and every catalogue row, read from
     the run's datasets, with the click log (read from storage) as a ``TrainingSet``; and the
@@ -329,4 +341,4 @@ def streamed_training_set(
         "photo_rows": sum(len(b["image_uri"]) for b in photos),
         "photo_skipped": sum(int(bool(e)) for b in photos for e in b["error"]),
     }
-    return from_streamed_rows(catalog, photos, clicks, kind), counts
+    return from_streamed_rows(catalog, photos, clicks, kind, **dict(vocab or {})), counts

@@ -3,7 +3,7 @@ categories, subject boxes and click triplets, held in memory by one training wor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,13 +48,17 @@ class TrainingSet:
         to_inputs: Callable[[list[np.ndarray]], torch.Tensor],
         kind: Literal["images", "maps"] = "images",
         image_sizes: Mapping[str, tuple[int, int]] | None = None,
+        product_ids: Sequence[str] | None = None,
+        category_names: Sequence[str] | None = None,
     ) -> TrainingSet:
         """Assemble from catalogue rows, real-shot training queries and the click log.
 
         ``decoded`` maps every image URI of ``catalog`` and ``train_queries`` to its decoded
         ``(H, W, 3) uint8`` image (``kind="images"``) or its ``(C, g, g)`` backbone map
         (``kind="maps"``), or to None when it could not be read. ``to_inputs`` stacks a list of
-        those into the ``inputs`` tensor. Query boxes (pixels of the stored image) become
+        those into the ``inputs`` tensor. ``product_ids`` and ``category_names`` fix the label
+        vocabularies (workers holding different shards must agree on them); by default they are
+        the sorted values present. Query boxes (pixels of the stored image) become
         fractions of the stored image's side: ``image_sizes`` (URI -> width, height) gives it,
         else the decoded image's shape (images must then be decoded at their stored size).
         """
@@ -99,9 +103,11 @@ class TrainingSet:
                     boxes.append(nan_box)
         if not arrays:
             raise ValueError("no training image could be read")
-        product_ids = sorted(set(product_of_row))
+        product_ids = sorted(set(product_of_row)) if product_ids is None else list(product_ids)
         label_of = {p: i for i, p in enumerate(product_ids)}
-        category_names = sorted(set(category_of_row))
+        if category_names is None:
+            category_names = sorted(set(category_of_row))
+        category_names = list(category_names)
         category_of = {c: i for i, c in enumerate(category_names)}
         sessions = []
         if clicks is not None:
@@ -158,6 +164,8 @@ def from_streamed_rows(
     photos: list[Mapping[str, np.ndarray]],
     clicks: pa.Table | None,
     kind: Literal["images", "maps"],
+    product_ids: Sequence[str] | None = None,
+    category_names: Sequence[str] | None = None,
 ) -> TrainingSet:
     """A ``TrainingSet`` from batches of streamed rows (``training_rows``'s columns plus
     ``input``, the row's decoded input, and ``error``, non-empty where it could not be read).
@@ -197,7 +205,9 @@ def from_streamed_rows(
             )
         )
     to_inputs = stack_maps if kind == "maps" else stack_images
-    return TrainingSet.from_tables(tables[0], tables[1], clicks, decoded, to_inputs, kind, sizes)
+    return TrainingSet.from_tables(
+        tables[0], tables[1], clicks, decoded, to_inputs, kind, sizes, product_ids, category_names
+    )
 
 
 def stack_images(images: list[np.ndarray]) -> torch.Tensor:
