@@ -10,6 +10,7 @@ import pytest
 
 from jobs.common import dataset_prefix, ensure_dataset
 from vsearch.config import Config
+from vsearch.models.miners import PKBatchSampler
 from vsearch.runtime.training_data import (
     MapRowReader,
     _numpy_batch,
@@ -95,6 +96,14 @@ def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) 
     ]
     for data in sets:
         assert (data.catalog_rows >= 0).all()  # every product can pair a photo with its image
+        # Batches draw only the products this worker has photos of; the others' catalogue
+        # images are never drawn as items of their own.
+        drawn = data.sampling_labels()
+        local = set(data.labels[~data.from_catalog].tolist())
+        assert set(drawn[drawn >= 0].tolist()) == local
+        assert (drawn[data.from_catalog & ~np.isin(data.labels, list(local))] == -1).all()
+        batch = next(iter(PKBatchSampler(drawn, 2, 2).epoch(0)))
+        assert set(data.labels[batch].tolist()) <= local
 
 
 def test_shards_agree_on_labels_even_when_a_product_has_no_catalogue_image(cached) -> None:

@@ -32,8 +32,9 @@ class PKBatchSampler:
         the whole set, so that their data-parallel steps stay in lockstep."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
+        # Negative labels mark rows that are never drawn.
         self.by_label: list[np.ndarray] = [
-            np.flatnonzero(labels == lab) for lab in np.unique(labels)
+            np.flatnonzero(labels == lab) for lab in np.unique(labels) if lab >= 0
         ]
         if len(self.by_label) < 2:
             raise ValueError("PK batches need at least two distinct labels")

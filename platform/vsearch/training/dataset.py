@@ -37,6 +37,18 @@ class TrainingSet:
     catalog_rows: np.ndarray
     click_triplets: np.ndarray
     skipped: list[str]
+    #: ``(n,) bool``: the row is a catalogue image (not a photo); None when unknown.
+    from_catalog: np.ndarray | None = None
+
+    def sampling_labels(self) -> np.ndarray:
+        """``labels`` with -1 for catalogue rows of products that have no photo here: on a
+        worker holding a shard of the photos, P x K batches then draw the products it has
+        photos of (each product's catalogue image still joins them), not products whose only
+        item is their catalogue image."""
+        if self.from_catalog is None or self.from_catalog.all():
+            return self.labels
+        with_photos = np.unique(self.labels[~self.from_catalog])
+        return np.where(np.isin(self.labels, with_photos), self.labels, -1)
 
     @classmethod
     def from_tables(
@@ -70,6 +82,7 @@ class TrainingSet:
         catalog_rows: dict[str, int] = {}
         query_rows: dict[str, int] = {}
         skipped: list[str] = []
+        catalog_flags: list[bool] = []
         nan_box = [float("nan")] * 4
         q_boxes = train_queries["box"].to_pylist()
         sources = (
@@ -92,6 +105,7 @@ class TrainingSet:
                 key = product if row_index is catalog_rows else uri
                 row_index.setdefault(key, len(arrays))
                 arrays.append(item)
+                catalog_flags.append(row_index is catalog_rows)
                 product_of_row.append(product)
                 category_of_row.append(category)
                 w, h = image_sizes.get(uri, (0, 0))
@@ -130,6 +144,7 @@ class TrainingSet:
             catalog_rows=np.asarray([catalog_rows.get(p, -1) for p in product_ids], dtype=np.int64),
             click_triplets=mine_click_triplets(query_rows, catalog_rows, sessions),
             skipped=skipped,
+            from_catalog=np.asarray(catalog_flags, dtype=bool),
         )
 
     def __len__(self) -> int:

@@ -106,7 +106,7 @@ class MetricTrainer:
         self.rank = rank
         sharded = batches_per_rank is not None
         self.sampler = PKBatchSampler(
-            data.labels,
+            data.sampling_labels() if sharded else data.labels,
             cfg.products_per_batch,
             cfg.images_per_product,
             seed=cfg.seed * 1_000 + rank if sharded else cfg.seed,
