@@ -154,7 +154,8 @@ def main(
     report: dict[str, Any] = {
         "index_version": manifest.version,
         "model_version": manifest.model_version,
-        "backbone": artifact.config.arch + (" (frozen)" if frozen else ""),
+        "backbone": artifact.config.arch
+        + ((f" (frozen up to {cut})" if cut else " (frozen)") if frozen else ""),
         "dataset": dataset_prefix(cfg),
         "eval_split": cfg.data.eval_split,
         "queries": int(ok.sum()),
