@@ -22,6 +22,15 @@ from vsearch.storage.feature_cache import FeatureCache, content_key, view_key
 from vsearch.training.dataset import from_streamed_rows
 
 
+def _streamed_batch(table, cache: FeatureCache, read: MapRowReader) -> dict:
+    """What a Ray Data read task hands a worker: the rows with the parts located and the maps
+    attached."""
+    batch = _numpy_batch(table)
+    located = cache.locate(batch["key"])
+    batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
+    return read(batch)
+
+
 @pytest.fixture
 def cached(tiny_config: Config):
     cfg = tiny_config.model_copy(
@@ -82,10 +91,7 @@ def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) 
     read = MapRowReader(cfg.storage, {}, "test-backbone")
 
     def batch_of(table):
-        batch = _numpy_batch(table)
-        located = cache.locate(batch["key"])
-        batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
-        return read(batch)
+        return _streamed_batch(table, cache, read)
 
     half = photos.num_rows // 2
     shards = [photos.slice(0, half), photos.slice(half)]
@@ -117,10 +123,7 @@ def test_shards_agree_on_labels_even_when_a_product_has_no_catalogue_image(cache
     read = MapRowReader(cfg.storage, {}, "test-backbone")
 
     def batch_of(table):
-        batch = _numpy_batch(table)
-        located = cache.locate(batch["key"])
-        batch["part"] = np.asarray([located[k] for k in batch["key"]], dtype=object)
-        return read(batch)
+        return _streamed_batch(table, cache, read)
 
     mask = pa.compute.equal(photos["product_id"], lost)
     shards = [photos.filter(mask), photos.filter(pa.compute.invert(mask))]

@@ -34,18 +34,21 @@ def _pairs(pads: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _padding(x: torch.Tensor, pads: Sequence[int], value: float) -> tuple[torch.Tensor, Any]:
+    """ONNX ``pads`` as the operator's own symmetric ``padding``, or (when the two sides
+    differ) applied to ``x`` first with ``value`` and padding 0."""
+    half = len(pads) // 2
+    if list(pads[:half]) != list(pads[half:]):
+        return F.pad(x, _pairs(pads), value=value), 0
+    return x, tuple(int(p) for p in pads[:half])
+
+
 def _conv(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ValueError("Conv with auto_pad is not supported; export with explicit pads")
-    pads = attrs.get("pads", [0] * (2 * (w.dim() - 2)))
-    half = len(pads) // 2
-    if list(pads[:half]) != list(pads[half:]):
-        x = F.pad(x, _pairs(pads))
-        padding: Any = 0
-    else:
-        padding = tuple(int(p) for p in pads[:half])
+    x, padding = _padding(x, attrs.get("pads", [0] * (2 * (w.dim() - 2))), 0.0)
     return F.conv2d(
         x,
         w,
@@ -58,14 +61,7 @@ def _conv(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
 
 
 def _max_pool(inputs: list[Any], attrs: dict[str, Any]) -> torch.Tensor:
-    x = inputs[0]
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    half = len(pads) // 2
-    if list(pads[:half]) != list(pads[half:]):
-        x = F.pad(x, _pairs(pads), value=float("-inf"))
-        padding: Any = 0
-    else:
-        padding = tuple(int(p) for p in pads[:half])
+    x, padding = _padding(inputs[0], attrs.get("pads", [0, 0, 0, 0]), float("-inf"))
     return F.max_pool2d(
         x,
         kernel_size=tuple(attrs["kernel_shape"]),

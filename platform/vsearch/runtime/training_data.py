@@ -21,7 +21,7 @@ import ray.data
 import ray.train
 
 from vsearch.config import Config
-from vsearch.imaging import ImageDecodeError, decode_image, image_size
+from vsearch.imaging import ImageDecodeError, centre_crop, decode_image, image_size
 from vsearch.models.miners import PKBatchSampler
 from vsearch.models.registry import backbone_spec
 from vsearch.storage.datasets import read_dataset
@@ -146,8 +146,6 @@ class ImageRowReader:
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vsearch.imaging import centre_crop
-
         s = self.spec.input_size
         inputs = np.zeros((len(batch["source_uri"]), 3, s, s), dtype=np.float32)
         widths = np.asarray(batch["width"], dtype=np.int32).copy()

@@ -86,14 +86,15 @@ class FeatureCache:
                     found.setdefault(key, name)
         return found
 
-    def read_part(self, part: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
-        """``{key: (C, g, g) float16}`` for those of ``keys`` stored in part file ``part``."""
-        wanted = set(keys)
+    def read_part(self, part: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """``{key: (C, g, g) float16}`` for those of ``keys`` (all when None) stored in part
+        file ``part``."""
+        wanted = set(keys) if keys is not None else None
         table = self._read_part(part)
         shape = tuple(json.loads(table.schema.metadata[b"shape"]))
         out: dict[str, np.ndarray] = {}
         for key, blob in zip(table["key"].to_pylist(), table["map"].to_pylist(), strict=True):
-            if key in wanted and key not in out:
+            if (wanted is None or key in wanted) and key not in out:
                 out[key] = np.frombuffer(blob, dtype=np.float16).reshape(shape)
         return out
 
@@ -102,9 +103,6 @@ class FeatureCache:
         wanted = set(keys) if keys is not None else None
         out: dict[str, np.ndarray] = {}
         for name in self._parts():
-            table = self._read_part(name)
-            shape = tuple(json.loads(table.schema.metadata[b"shape"]))
-            for key, blob in zip(table["key"].to_pylist(), table["map"].to_pylist(), strict=True):
-                if (wanted is None or key in wanted) and key not in out:
-                    out[key] = np.frombuffer(blob, dtype=np.float16).reshape(shape)
+            for key, value in self.read_part(name, wanted).items():
+                out.setdefault(key, value)
         return out

@@ -130,8 +130,9 @@ class MetricTrainer:
         self.augment = RandomAugment(mode=cfg.augment, paste_prob=cfg.paste_prob)
         # A pretrained backbone tail (parameters under "tail.") learns at a fraction of lr.
         named = list(model.named_parameters()) if isinstance(model, nn.Module) else []
-        tail = [p for name, p in named if name.split(".")[0] == "tail" or ".tail." in name]
-        rest = [p for name, p in named if not (name.split(".")[0] == "tail" or ".tail." in name)]
+        in_tail = {name: name.startswith("tail.") or ".tail." in name for name, _ in named}
+        tail = [p for name, p in named if in_tail[name]]
+        rest = [p for name, p in named if not in_tail[name]]
         groups: list[dict] = [{"params": rest, "lr_scale": 1.0}]
         if tail:
             groups.append({"params": tail, "lr_scale": cfg.backbone_lr_scale})
