@@ -5,6 +5,7 @@
     vsearch dedup [--products FILE]   duplicate listings: image, text and BM25 channels
     vsearch nightly              reindex, evaluate, publish only past the quality gate
     vsearch index list|publish VERSION|rollback|gc --keep N   index versions on storage
+    vsearch index add|update ROWS.parquet | delete IDS   change the served index between reindexes
     vsearch serve                serve the published index until Ctrl-C
     vsearch search --url URL photo.jpg
 
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "nightly", parents=[common], help="reindex, evaluate, publish behind a quality gate"
     )
-    index = sub.add_parser("index", parents=[common], help="list, publish, roll back, gc indexes")
+    index = sub.add_parser(
+        "index", parents=[common], help="list, publish, roll back, gc, add, update, delete"
+    )
     index_sub = index.add_subparsers(dest="index_command", required=True)
     index_sub.add_parser("list", parents=[common], help="versions on storage (* published)")
     publish = index_sub.add_parser("publish", parents=[common], help="serve VERSION (verified)")
@@ -86,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     index_sub.add_parser("rollback", parents=[common], help="serve the previously published one")
     gc = index_sub.add_parser("gc", parents=[common], help="delete old and unfinished versions")
     gc.add_argument("--keep", type=int, default=3, help="newest complete versions to keep")
+    for name, what in (("add", "add new catalogue rows"), ("update", "add or replace rows")):
+        change = index_sub.add_parser(
+            name, parents=[common], help=f"{what} (Parquet, catalogue columns) as a delta version"
+        )
+        change.add_argument("rows", help="Parquet file or URL of catalogue rows")
+    delete = index_sub.add_parser(
+        "delete", parents=[common], help="delete image ids (Parquet image_id column or text)"
+    )
+    delete.add_argument("ids", help="Parquet file with image_id, or a text file of one id a line")
     sub.add_parser("serve", parents=[common], help="serve the published index")
     search = sub.add_parser("search", help="query a running service with an image file")
     search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
@@ -152,6 +164,10 @@ def _index(cfg: Config, args: argparse.Namespace) -> int:
             index_admin.publish(cfg, args.version)
         elif args.index_command == "rollback":
             index_admin.rollback(cfg)
+        elif args.index_command in ("add", "update"):
+            index_admin.change(cfg, rows_file=args.rows, replace=args.index_command == "update")
+        elif args.index_command == "delete":
+            index_admin.change(cfg, ids_file=args.ids)
         else:
             index_admin.gc(cfg, args.keep)
     except (FileNotFoundError, ValueError) as exc:

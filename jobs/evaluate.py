@@ -124,8 +124,16 @@ def main(
     store = IndexStore(storage)
     manifest = store.manifest(version)
     shards = store.load_shards(manifest)
-    catalog_vectors = np.concatenate([s.vectors for s in shards])
-    catalog_meta = pa.concat_tables([s.meta.select(list(META_COLUMNS)) for s in shards])
+    # What the version serves: tombstoned rows of a delta version are left out.
+    live = [s.live_rows() for s in shards]
+    catalog_vectors = np.concatenate([s.vectors[r] for s, r in zip(shards, live, strict=True)])
+    catalog_vectors = catalog_vectors.astype(np.float32)
+    catalog_meta = pa.concat_tables(
+        [
+            s.meta.select(list(META_COLUMNS)).take(pa.array(r))
+            for s, r in zip(shards, live, strict=True)
+        ]
+    )
     models = ModelStore(storage)
     _, artifact = models.load(manifest.model_version)
     backbone = models.backbone_bytes(artifact)
@@ -147,6 +155,8 @@ def main(
         "buckets_per_category": cfg.index.buckets_per_category,
         "tuning": tuning_spec(cfg.index),
         "ivf_above": cfg.index.ivf_above,
+        "large_engine": cfg.index.large_engine,
+        "rescore_dtype": cfg.index.rescore_dtype,
     }
     p2c = evaluate_retrieval(
         pred.embeddings, products, catalog_vectors, catalog_meta, canonical, **args

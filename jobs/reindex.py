@@ -39,6 +39,8 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
         cfg.index.buckets_per_category,
         tuning_spec(cfg.index),
         cfg.index.ivf_above,
+        cfg.index.large_engine,
+        cfg.index.rescore_dtype,
     )
     store = IndexStore(storage)
     stats = {

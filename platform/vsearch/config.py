@@ -268,12 +268,19 @@ class IndexConfig(_Strict):
     recall_k: int = Field(10, ge=1)
     probe_queries: int = Field(200, ge=1)
     probe_noise: float = Field(0.0, ge=0)
-    #: Shards of more rows than this get an inverted file over their codes ("BIVF<nlist>", lists
-    #: probed tuned with the shortlist) instead of an exhaustive Hamming scan ("BFlat").
+    #: Shards of more rows than this get an inverted-file engine (lists probed tuned with the
+    #: shortlist) instead of an exhaustive Hamming scan of sign codes ("BFlat").
     ivf_above: int | None = Field(50_000, ge=1)
-    #: Ray Data actors embedding the catalogue, and the batch each gets.
+    #: That engine: "rabitq" (RaBitQ codes, "IVF<nlist>,RaBitQfs": a random rotation and a
+    #: distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
+    large_engine: Literal["rabitq", "bivf"] = "rabitq"
+    #: Rescoring vectors on disk (memory-mapped by searchers): float16 halves them, scores stay
+    #: within about 5e-4 of float32.
+    rescore_dtype: Literal["float16", "float32"] = "float16"
+    #: Ray Data actors embedding the catalogue, and the CPUs each asks for (on a 2-core machine
+    #: keep this <= 0.5, as the demo config does, or Ray Data can wait forever for CPUs).
     embed_actors: int = Field(2, ge=1)
-    cpus_per_actor: float = Field(0.5, gt=0, le=0.5)
+    cpus_per_actor: float = Field(0.5, gt=0)
     #: Memory Ray reserves for each embedding actor (feature cache, reindex); about 1.2 GiB was
     #: measured for the ONNX Xception at its batches of 8.
     backbone_actor_memory_mb: int = Field(1536, ge=0)

@@ -105,18 +105,24 @@ def test_codec_agrees_with_faiss() -> None:
 # --- shard -------------------------------------------------------------------------------------
 
 
-def test_shard_full_shortlist_equals_exact() -> None:
+@pytest.mark.parametrize(
+    ("dtype", "atol", "same"), [("float32", 1e-5, 0.99), ("float16", 5e-4, 0.95)]
+)
+def test_shard_full_shortlist_equals_exact(dtype: str, atol: float, same: float) -> None:
     rng = np.random.default_rng(2)
     x, q = _unit(rng, 300, 64), _unit(rng, 25, 64)
-    shard = ShardIndex.build("s", x, _meta(300))
+    shard = ShardIndex.build("s", x, _meta(300), rescore_dtype=dtype)
     assert len(shard) == 300 and shard.dim == 64 and shard.name == "s"
+    assert shard.vectors.dtype == np.dtype(dtype)
+    assert shard.disk_bytes == 300 * 64 * np.dtype(dtype).itemsize
     scores, ids = shard.search(q, 10, shortlist=300)
     assert scores.dtype == np.float32 and ids.dtype == np.int64 and scores.shape == (25, 10)
     exact_scores, exact_ids = _exact_topk(q, x, 10)
-    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
-    # Ids may differ only between tied scores: check each returned id really has its score.
-    np.testing.assert_allclose(np.einsum("mkd,md->mk", x[ids], q), scores, atol=1e-5)
-    assert (ids == exact_ids).mean() > 0.99
+    # float16 rescoring vectors keep about 3 significant digits of each component.
+    np.testing.assert_allclose(scores, exact_scores, atol=atol)
+    # Ids may differ only between (nearly) tied scores: each returned id really has its score.
+    np.testing.assert_allclose(np.einsum("mkd,md->mk", x[ids], q), scores, atol=atol)
+    assert (ids == exact_ids).mean() > same
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
@@ -151,7 +157,9 @@ def test_shard_normalises_and_validates() -> None:
     rng = np.random.default_rng(5)
     x = rng.standard_normal((20, 16)).astype(np.float32) * 3
     shard = ShardIndex.build("s", x, _meta(20))
-    np.testing.assert_allclose(np.linalg.norm(shard.vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(shard.vectors.astype(np.float32), axis=1), 1.0, atol=1e-3
+    )
     assert shard.meta.schema.field("quality").type == pa.float32()
     with pytest.raises(ValueError):
         ShardIndex.build("s", x[:, :12], _meta(20))  # width not a multiple of 8
@@ -331,7 +339,7 @@ def test_sharded_index_equals_exact_over_categories() -> None:
         assert len(hits) == len(q)
         for qi, row in enumerate(hits):
             assert len(row) == 10
-            np.testing.assert_allclose([h.score for h in row], exact_scores[qi], atol=1e-5)
+            np.testing.assert_allclose([h.score for h in row], exact_scores[qi], atol=5e-4)
             assert [h.image_id for h in row] == image_ids[mask][exact_ids[qi]].tolist()
             assert all(h.category in (wanted or index.categories) for h in row)
     hit = hits[0][0]

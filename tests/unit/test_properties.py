@@ -62,7 +62,7 @@ def test_full_shortlist_shard_search_is_exact(n: int, k: int, seed: int) -> None
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = rng.normal(size=(3, 16)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    shard = ShardIndex.build("s", vectors, _meta(n))
+    shard = ShardIndex.build("s", vectors, _meta(n), rescore_dtype="float32")
     scores, rows = shard.search(queries, k, shortlist=n)
     exact_scores, _ = exact_topk(queries, vectors, k)
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)

@@ -149,6 +149,34 @@ def test_index_store_publish_and_verify(tmp_path: Path) -> None:
         store.load_shards(manifest, [entry.name])
 
 
+def test_rescoring_vectors_are_memory_mapped_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = np.random.default_rng(5).normal(size=(4, 16)).astype(np.float32)
+    built, dim = _shards()
+    expected = [b.index.search(probe, 5, 30) for b in built]
+    # Local storage: the shard's own file is mapped.
+    store = IndexStore(Storage(str(tmp_path / "local")))
+    store.publish(store.write_version("i1", built, "m1", dim, {}))
+    for shard, (_scores, rows) in zip(store.load_shards(store.manifest()), expected, strict=True):
+        assert isinstance(shard.vectors, np.memmap) and shard.vectors.dtype == np.float16
+        assert str(tmp_path / "local") in str(shard.vectors.filename)
+        np.testing.assert_array_equal(shard.search(probe, 5, 30)[1], rows)
+    # Remote storage: a verified copy in the cache is mapped, and a damaged copy is replaced.
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VSEARCH_INDEX_CACHE", str(cache))
+    remote = IndexStore(Storage(f"memory://vsearch-{uuid.uuid4().hex}"))
+    remote.publish(remote.write_version("i1", built, "m1", dim, {}))
+    first = remote.load_shards(remote.manifest())
+    assert all(str(cache) in str(s.vectors.filename) for s in first)
+    copy = Path(first[0].vectors.filename)
+    del first
+    copy.write_bytes(b"damaged")
+    again = remote.load_shards(remote.manifest())
+    np.testing.assert_array_equal(again[0].search(probe, 5, 30)[1], expected[0][1])
+    assert copy.read_bytes() != b"damaged"
+
+
 def test_index_versions_publish_rollback_and_gc(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     store = IndexStore(storage)

@@ -68,6 +68,8 @@ def evaluate_retrieval(
     buckets_per_category: int = 1,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
     ivf_above: int | None = None,
+    large_engine: str = "rabitq",
+    rescore_dtype: str = "float16",
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
 
@@ -81,8 +83,11 @@ def evaluate_retrieval(
     product_of_row = catalog_meta["product_id"].to_pylist()
     row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
     index = ShardedIndex.from_built(
-        build_shards(catalog_vectors, catalog_meta, buckets_per_category, tuning, ivf_above)
-    )
+        build_shards(
+            catalog_vectors, catalog_meta, buckets_per_category, tuning, ivf_above, large_engine,
+            rescore_dtype,
+        )
+    )  # fmt: skip
     hits = index.search(query_vectors, k_images, shortlist)
     approx_rows = np.full((len(hits), k_images), -1, dtype=np.int64)
     for i, row_hits in enumerate(hits):

@@ -51,6 +51,8 @@ class BuiltShard:
     bucket: int
     index: ShardIndex
     tuning: Tuning | None = None
+    #: A delta segment of rows added since the last full reindex (``vsearch.index.delta``).
+    delta: bool = False
 
     @property
     def name(self) -> str:
@@ -67,6 +69,7 @@ class BuiltShard:
             count=len(self.index),
             engine=self.index.engine,
             files={fname: sha256_hex(data) for fname, data in files.items()},
+            delta=self.delta,
         )
         if self.tuning is not None:
             t = self.tuning
@@ -83,11 +86,13 @@ def build_shards(
     buckets_per_category: int,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
     ivf_above: int | None = None,
+    large_engine: str = "rabitq",
+    rescore_dtype: str = "float16",
 ) -> list[BuiltShard]:
     """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group,
     each with its search tuned to ``tuning`` (None: untuned; searches must then pass a
-    shortlist). Shards of more than ``ivf_above`` rows get an inverted-file engine
-    (:meth:`ShardIndex.build`).
+    shortlist). Shards of more than ``ivf_above`` rows get the inverted-file engine
+    ``large_engine``; rescoring vectors are kept as ``rescore_dtype`` (:meth:`ShardIndex.build`).
 
     ``vectors``: (n, d) float (normalised by :meth:`ShardIndex.build`); ``meta``: n rows with at
     least image_id, product_id, category, title, quality, popularity. Empty buckets get no shard.
@@ -122,8 +127,9 @@ def build_shards(
         category = str(cat_names[k // buckets_per_category])
         bucket = int(k % buckets_per_category)
         index = ShardIndex.build(
-            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows)), ivf_above
-        )
+            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows)), ivf_above,
+            large_engine, rescore_dtype,
+        )  # fmt: skip
         tuned = tune_search(index, tuning) if tuning is not None else None
         shards.append(BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned))
     return shards

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,6 +41,18 @@ class ShardEntry(BaseModel):
     recall_k: int | None = Field(None, ge=1)
     recall_target: float | None = Field(None, gt=0, le=1)
     probes: int = Field(0, ge=0)
+    #: The version whose folder holds the files (a delta version shares its base's shards);
+    #: None: this version's own folder.
+    location: str | None = None
+    #: Rows deleted or replaced by delta updates since the shard was built (tombstones).
+    deleted_rows: list[int] = Field(default_factory=list)
+    #: A delta segment: rows added since the last full reindex, searched beside the base shard
+    #: of the same (category, bucket).
+    delta: bool = False
+
+    def folder(self, version: str) -> str:
+        """The version folder that holds this shard's files, for a manifest of ``version``."""
+        return self.location or version
 
     @field_validator("files")
     @classmethod
@@ -65,6 +78,13 @@ class Manifest(BaseModel):
     dim: int = Field(gt=0)
     shards: list[ShardEntry]
     stats: dict[str, int | float] = Field(default_factory=dict)
+    #: For a delta version (``vsearch index add|delete|update``): the version it changed.
+    base_version: str | None = None
+
+    @property
+    def referenced_versions(self) -> set[str]:
+        """Version folders whose files this version reads (its own included)."""
+        return {s.folder(self.version) for s in self.shards} | {self.version}
 
     @model_validator(mode="after")
     def _unique_shard_names(self) -> Manifest:
@@ -81,8 +101,8 @@ class Manifest(BaseModel):
 
     @property
     def total_count(self) -> int:
-        """Rows over all shards."""
-        return sum(s.count for s in self.shards)
+        """Rows searchable over all shards (tombstoned rows not counted)."""
+        return sum(s.count - len(s.deleted_rows) for s in self.shards)
 
     def shards_for(self, category: str) -> list[ShardEntry]:
         """The shards holding ``category`` (empty when none)."""
@@ -98,13 +118,14 @@ class Manifest(BaseModel):
         return cls.model_validate_json(text)
 
 
-def verify(entry: ShardEntry, files: dict[str, bytes]) -> None:
+def verify(entry: ShardEntry, files: dict[str, bytes], skip: Collection[str] = ()) -> None:
     """Check ``files`` against ``entry``'s checksums.
 
     Raises ``ValueError`` naming the shard and the first file (in name order) that is missing or
-    whose SHA-256 differs. Files not listed in ``entry`` are ignored.
+    whose SHA-256 differs. Files not listed in ``entry`` are ignored, and so are those in
+    ``skip`` (checked elsewhere, e.g. streamed from disk).
     """
-    for fname in sorted(entry.files):
+    for fname in sorted(set(entry.files) - set(skip)):
         if fname not in files:
             raise ValueError(f"shard {entry.name!r}: file {fname!r} is missing")
         actual = sha256_hex(files[fname])

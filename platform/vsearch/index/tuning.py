@@ -91,7 +91,7 @@ def probe_queries(
     exact and the approximate results, so with ``noise`` 0 a probe is a catalogue image searched
     against the others; with ``noise`` 1 it is about as far from its row as that row's nearest
     neighbour is, whatever the scale of the data."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)  # float16 rescoring vectors widened
     n, d = vectors.shape
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(count, n), replace=False))
@@ -174,11 +174,11 @@ def tune_search(
     """The cheapest search settings of the shard that reach ``spec.target`` recall@k on its
     held-out probe queries (exact search as truth), applied to the shard.
 
-    A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. A
-    "BIVF" shard gets, over ``nprobes``, the smallest such shortlist for each number of lists
-    probed and keeps the pair whose probes ran fastest. When nothing reaches the target the
-    largest settings tried are kept and ``reached`` is False. A probe's own row is left out of
-    both result lists (searched one deeper for it).
+    A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. An
+    inverted-file shard ("BIVF" or RaBitQ) gets, over ``nprobes``, the smallest such shortlist
+    for each number of lists probed and keeps the pair whose probes ran fastest. When nothing
+    reaches the target the largest settings tried are kept and ``reached`` is False. A probe's
+    own row is left out of both result lists (searched one deeper for it).
     """
     n = len(shard)
     if n <= 1:
@@ -190,7 +190,7 @@ def tune_search(
     if shard.nprobe is None:
         best = _smallest_shortlist(shard, rows, probes, truth, spec, shortlists, None)
     else:
-        nlist = int(shard.engine.removeprefix("BIVF"))
+        nlist = int(shard.nlist or 1)
         options = sorted({min(p, nlist) for p in nprobes if p >= 1})
         found = [
             _smallest_shortlist(shard, rows, probes, truth, spec, shortlists, p) for p in options

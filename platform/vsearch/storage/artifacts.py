@@ -7,17 +7,39 @@ and so what is served, where it was.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import posixpath
+import tempfile
+import uuid
 from datetime import UTC, datetime
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vsearch.index.builder import BuiltShard
-from vsearch.index.manifest import Manifest, verify
-from vsearch.index.shard import ShardIndex
+from vsearch.index.delta import DeltaPlan
+from vsearch.index.manifest import Manifest, ShardEntry, verify
+from vsearch.index.shard import META_FILE, VECTORS_FILE, ShardIndex
 from vsearch.models.artifact import FORMAT as ARTIFACT_FORMAT
 from vsearch.models.artifact import ModelArtifact, sha256_hex
 from vsearch.models.embedder import Embedder
 from vsearch.storage.fs import Storage
+
+#: Bytes read at a time while hashing or copying a rescoring-vector file.
+_CHUNK = 1 << 22
+
+
+def index_cache_dir() -> str:
+    """Local folder where searchers keep copies of remote shards' rescoring vectors to
+    memory-map them (``VSEARCH_INDEX_CACHE``, default ``<tmp>/vsearch-index-cache``)."""
+    return os.environ.get(
+        "VSEARCH_INDEX_CACHE", os.path.join(tempfile.gettempdir(), "vsearch-index-cache")
+    )
 
 
 def new_version(prefix: str) -> str:
@@ -153,6 +175,18 @@ class IndexStore:
             stats=stats,
         )
 
+    def write_delta(
+        self, version: str, base: Manifest, plan: DeltaPlan, stats: dict[str, int | float]
+    ) -> Manifest:
+        """Write a delta version over ``base`` (``vsearch.index.delta.plan_delta``): only its
+        delta segments' files go under ``version``; its base entries point at their folders.
+        Returns its manifest, not yet published."""
+        written = self.write_version(version, plan.deltas, base.model_version, base.dim, stats)
+        shards = sorted(
+            [*plan.entries, *written.shards], key=lambda e: (e.category, e.bucket, e.delta)
+        )
+        return written.model_copy(update={"shards": shards, "base_version": base.version})
+
     def write_manifest(self, manifest: Manifest) -> None:
         """Write the manifest (with its sha256 beside it): the version is complete, and can be
         evaluated or published, but nothing serves it yet."""
@@ -275,6 +309,10 @@ class IndexStore:
         rows = self.versions()
         complete = sorted(str(r["version"]) for r in rows if r["complete"])
         kept = set(complete[-keep:]) | {str(r["version"]) for r in rows if r["current"]}
+        # A delta version reads its base's shards: keep every folder a kept version reads.
+        for version in list(kept):
+            with contextlib.suppress(FileNotFoundError, ValueError):  # damaged: reads nothing
+                kept |= self.manifest(version).referenced_versions
         newest = complete[-1] if complete else ""
         doomed = [
             str(r["version"])
@@ -286,14 +324,83 @@ class IndexStore:
         return doomed
 
     def load_shards(self, manifest: Manifest, names: list[str] | None = None) -> list[ShardIndex]:
-        """Read and checksum-verify the shards ``names`` (all when None) of ``manifest``."""
+        """Read and checksum-verify the shards ``names`` (all when None) of ``manifest``.
+
+        The rescoring vectors are memory-mapped, not loaded: from the storage itself when it is
+        local, else from a verified copy under :func:`index_cache_dir`. The codes and metadata
+        are read into memory. A missing or damaged file raises ``ValueError`` naming it."""
         wanted = set(names) if names is not None else None
         shards = []
         for entry in manifest.shards:
             if wanted is not None and entry.name not in wanted:
                 continue
-            base = posixpath.join(self.prefix, manifest.version, "shards", entry.name)
-            files = {f: self.storage.read_bytes(posixpath.join(base, f)) for f in entry.files}
-            verify(entry, files)
-            shards.append(ShardIndex.from_bytes(entry.name, files, entry.shortlist, entry.nprobe))
+            folder = entry.folder(manifest.version)
+            base = posixpath.join(self.prefix, folder, "shards", entry.name)
+            vectors = None
+            if VECTORS_FILE in entry.files:
+                local = self._verified_local(folder, entry.name, entry.files[VECTORS_FILE])
+                vectors = np.load(local, mmap_mode="r", allow_pickle=False)
+            files = {
+                f: self.storage.read_bytes(posixpath.join(base, f))
+                for f in entry.files
+                if f != VECTORS_FILE
+            }
+            verify(entry, files, skip=(VECTORS_FILE,))  # the vectors were verified on disk
+            shard = ShardIndex.from_bytes(entry.name, files, entry.shortlist, entry.nprobe, vectors)
+            shard.set_deleted(entry.deleted_rows)
+            shards.append(shard)
         return shards
+
+    def read_meta(self, manifest: Manifest, entry: ShardEntry) -> pa.Table:
+        """One shard's metadata table, checksum-verified (what a delta update matches ids in)."""
+        base = posixpath.join(self.prefix, entry.folder(manifest.version), "shards", entry.name)
+        files = {META_FILE: self.storage.read_bytes(posixpath.join(base, META_FILE))}
+        verify(entry, files, skip=set(entry.files) - {META_FILE})
+        return pq.read_table(pa.BufferReader(files[META_FILE]))
+
+    def _verified_local(self, version: str, shard: str, digest: str) -> str:
+        """A local path holding the shard's rescoring vectors, whose sha256 is ``digest``
+        (``ValueError`` naming the file otherwise): the file itself on local storage, else a
+        copy in the cache (re-used when it is already there and intact)."""
+        name = posixpath.join(self.prefix, version, "shards", shard, VECTORS_FILE)
+        if not self.storage.exists(name):
+            raise ValueError(f"shard {shard!r}: file {VECTORS_FILE!r} is missing")
+        if self.storage.protocol in ("file", "local"):
+            path = self.storage.path(name)
+            with open(path, "rb") as fh:
+                _check_digest(shard, _sha256_of(fh), digest)
+            return path
+        cached = os.path.join(index_cache_dir(), digest[:2], f"{digest}.npy")
+        if os.path.exists(cached):
+            with open(cached, "rb") as fh:
+                if _sha256_of(fh) == digest:
+                    return cached
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = f"{cached}.tmp-{uuid.uuid4().hex}"
+        hasher = hashlib.sha256()
+        try:
+            with self.storage.fs.open(self.storage.path(name), "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    hasher.update(chunk)
+                    dst.write(chunk)
+            _check_digest(shard, hasher.hexdigest(), digest)
+            os.replace(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return cached
+
+
+def _sha256_of(fh: BinaryIO) -> str:
+    hasher = hashlib.sha256()
+    while chunk := fh.read(_CHUNK):
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _check_digest(shard: str, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise ValueError(
+            f"shard {shard!r}: checksum mismatch for file {VECTORS_FILE!r} "
+            f"(expected {expected}, got {actual})"
+        )
