@@ -1,19 +1,19 @@
-"""Job: embed the catalogue with Ray Data, build the binary sharded index, publish it atomically.
+"""Job: embed the catalogue with Ray Data into per-shard staged Parquet, build every shard in its
+own Ray task, publish the new version atomically.
 
 Nothing is published unless every step succeeded: the index being served stays as it was.
 """
 
 from __future__ import annotations
 
+import posixpath
 import time
 
-from jobs.common import ensure_dataset, print_summary, storage_of
+from jobs.common import ensure_dataset, print_summary, progress, storage_of
 from vsearch.config import Config
-from vsearch.index.builder import build_shards
 from vsearch.index.manifest import Manifest
-from vsearch.index.tuning import tuning_spec
 from vsearch.runtime.cluster import ray_session
-from vsearch.runtime.reindex import embed_catalog
+from vsearch.runtime.reindex import build_staged, peak_rss_bytes, stage_catalog
 from vsearch.storage import IndexStore, ModelStore
 from vsearch.storage.artifacts import new_version
 
@@ -24,33 +24,31 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
     prefix = ensure_dataset(cfg)
     storage = storage_of(cfg)
     model_version = model_version or ModelStore(storage).latest()
+    store = IndexStore(storage)
+    version = new_version("i")
+    staging = posixpath.join(store.prefix, version, "staging")
     started = time.perf_counter()
     with ray_session(cfg.ray):
-        embedded = embed_catalog(cfg, model_version, prefix)
-    embed_s = time.perf_counter() - started
-    if len(embedded.vectors) == 0:
-        raise RuntimeError(
-            f"no catalogue image could be embedded ({len(embedded.errors)} failed: "
-            f"{embedded.error_counts()}); the published index is unchanged"
-        )
-    built = build_shards(
-        embedded.vectors,
-        embedded.meta,
-        cfg.index.buckets_per_category,
-        tuning_spec(cfg.index),
-        cfg.index.ivf_above,
-        cfg.index.large_engine,
-        cfg.index.rescore_dtype,
-    )
-    store = IndexStore(storage)
+        staged = stage_catalog(cfg, model_version, prefix, staging)
+        embed_s = time.perf_counter() - started
+        if staged.rows == 0:
+            storage.delete(posixpath.join(store.prefix, version))
+            raise RuntimeError(
+                f"no catalogue image could be embedded ({len(staged.errors)} failed: "
+                f"{staged.error_counts()}); the published index is unchanged"
+            )
+        with progress(staged.rows, f"building {len(staged.shards)} shards", "vec") as bar:
+            entries, worker_peak = build_staged(cfg, staged, version, bar.update)
+    storage.delete(staging)
     stats = {
-        "embedded": len(embedded.vectors),
-        "skipped": len(embedded.errors),
+        "embedded": staged.rows,
+        "skipped": len(staged.errors),
         "embed_seconds": round(embed_s, 3),
+        "build_seconds": round(time.perf_counter() - started - embed_s, 3),
+        "driver_peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        "build_task_peak_rss_mb": round(worker_peak / 2**20, 1),
     }
-    manifest = store.write_version(
-        new_version("i"), built, model_version, embedded.vectors.shape[1], stats
-    )
+    manifest = store.new_manifest(version, entries, model_version, staged.dim, stats)
     if publish:
         store.publish(manifest)
     else:
@@ -62,20 +60,23 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
                 manifest.version
             ),
             "model version": model_version,
-            "images embedded": len(embedded.vectors),
-            "images skipped": len(embedded.errors),
-            **{f"  skipped: {k}": v for k, v in embedded.error_counts().items()},
+            "images embedded": staged.rows,
+            "images skipped": len(staged.errors),
+            **{f"  skipped: {k}": v for k, v in staged.error_counts().items()},
             "shards": len(manifest.shards),
             "tuned shortlists (min-max)": _span([e.shortlist for e in manifest.shards]),
             f"probe recall@{cfg.index.recall_k}, lowest shard (target {cfg.index.recall_target})": (
                 min((e.recall for e in manifest.shards if e.recall is not None), default=1.0)
             ),
             "categories": len(manifest.categories),
-            "embed throughput incl. start-up (img/s)": len(embedded.vectors) / max(embed_s, 1e-9),
+            "embed throughput incl. start-up (img/s)": staged.rows / max(embed_s, 1e-9),
+            "peak memory, driver / largest build task (MiB)": (
+                f"{stats['driver_peak_rss_mb']:.0f} / {stats['build_task_peak_rss_mb']:.0f}"
+            ),
             "wall time (s)": time.perf_counter() - started,
         },
     )
-    for image_id, err in list(embedded.errors.items())[:5]:
+    for image_id, err in list(staged.errors.items())[:5]:
         print(f"  skipped {image_id}: {err}")
     return manifest
 

@@ -281,6 +281,9 @@ class IndexConfig(_Strict):
     #: keep this <= 0.5, as the demo config does, or Ray Data can wait forever for CPUs).
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
+    #: CPUs each shard-build task of the reindex asks for (every shard is built in its own task
+    #: from its own staged rows).
+    build_cpus: float = Field(1.0, gt=0)
     #: Memory Ray reserves for each embedding actor (feature cache, reindex); about 1.2 GiB was
     #: measured for the ONNX Xception at its batches of 8.
     backbone_actor_memory_mb: int = Field(1536, ge=0)

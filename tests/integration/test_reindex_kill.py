@@ -61,7 +61,7 @@ def test_a_killed_reindex_leaves_the_published_version_and_a_rerun_completes(
             time.sleep(0.2)
         started = time.monotonic()
         while proc.poll() is None and time.monotonic() - started < 10:
-            if "CatalogEmbedder" in log.read_text():
+            if "CatalogStager" in log.read_text():
                 break
             time.sleep(0.2)
         finished_early = proc.poll() is not None

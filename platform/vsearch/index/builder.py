@@ -80,6 +80,25 @@ class BuiltShard:
         return entry, files
 
 
+def build_shard(
+    category: str,
+    bucket: int,
+    vectors: np.ndarray,
+    meta: pa.Table,
+    tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
+    ivf_above: int | None = None,
+    large_engine: str = "rabitq",
+    rescore_dtype: str = "float16",
+) -> BuiltShard:
+    """Build and tune the shard of ``(category, bucket)`` from its rows (what one parallel build
+    task does; :func:`build_shards` does it for every group in one process)."""
+    index = ShardIndex.build(
+        shard_name(category, bucket), vectors, meta, ivf_above, large_engine, rescore_dtype
+    )
+    tuned = tune_search(index, tuning) if tuning is not None else None
+    return BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned)
+
+
 def build_shards(
     vectors: np.ndarray,
     meta: pa.Table,
@@ -126,10 +145,8 @@ def build_shards(
         rows = order[lo:hi]
         category = str(cat_names[k // buckets_per_category])
         bucket = int(k % buckets_per_category)
-        index = ShardIndex.build(
-            shard_name(category, bucket), vectors[rows], meta.take(pa.array(rows)), ivf_above,
-            large_engine, rescore_dtype,
+        shards.append(
+            build_shard(category, bucket, vectors[rows], meta.take(pa.array(rows)), tuning,
+                        ivf_above, large_engine, rescore_dtype)
         )  # fmt: skip
-        tuned = tune_search(index, tuning) if tuning is not None else None
-        shards.append(BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned))
     return shards

@@ -1,41 +1,111 @@
-"""Ray Data pipeline of the reindex job: catalogue Parquet -> decode -> embed (actor pool).
+"""Ray stages of the reindex job: embed the catalogue into per-shard staged Parquet, then build
+every shard in its own Ray task. The driver only sees counts, errors and manifest entries; it
+never holds the catalogue's vectors.
 
-Returns the embedded rows to the driver, which builds the shards (``vsearch.index``) and publishes
-them (``vsearch.storage``).
+1. ``stage_catalog``: Ray Data reads ``<dataset>/catalog.parquet``; an actor pool of
+   ``CatalogStager`` reads, decodes and embeds each batch and writes its rows, split by shard
+   (``vsearch.index.staging``), to ``<staging>/<shard>/<uuid>.parquet``; each batch returns one
+   summary row per shard it wrote and one per image it skipped.
+2. ``build_staged``: one task per shard reads only its folder, builds and tunes the shard
+   (``vsearch.index.builder.build_shard``), writes its files under the new version
+   (``IndexStore.write_shard``) and returns its manifest entry and its peak memory.
 """
 
 from __future__ import annotations
 
 import posixpath
+import resource
+import sys
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
 from vsearch.config import Config
+from vsearch.index.builder import build_shard
+from vsearch.index.manifest import ShardEntry
+from vsearch.index.staging import decode_staged, stage_groups
+from vsearch.index.tuning import tuning_spec
 from vsearch.runtime.embedding import META_COLUMNS, CatalogEmbedder
+from vsearch.storage.artifacts import IndexStore
 from vsearch.storage.fs import Storage
 
 
-@dataclass
-class EmbeddedCatalog:
-    """Embedded catalogue rows: ``vectors`` ``(n, d) float32``, ``meta`` n rows of
-    ``META_COLUMNS``; ``errors`` maps image_id -> why it was skipped."""
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (``ru_maxrss``; KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
-    vectors: np.ndarray
-    meta: pa.Table
-    errors: dict[str, str]
+
+@dataclass
+class StagedCatalog:
+    """What the embedding stage wrote: rows per shard (``(category, bucket)`` by name), the
+    vector width, and image_id -> why it was skipped."""
+
+    staging: str
+    shards: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    dim: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Embedded (staged) rows over every shard."""
+        return sum(n for _, _, n in self.shards.values())
 
     def error_counts(self) -> dict[str, int]:
         """Skipped images by reason (the text before the first colon)."""
         return dict(Counter(e.split(":", 1)[0] for e in self.errors.values()))
 
 
-def embed_catalog(cfg: Config, model_version: str, dataset_prefix: str) -> EmbeddedCatalog:
-    """Read ``<dataset_prefix>/catalog.parquet`` with Ray Data and embed it in an actor pool."""
+#: Columns of the stager's summary rows and their dtypes.
+_SUMMARY = (("shard", object), ("category", object), ("bucket", np.int64), ("rows", np.int64),
+            ("dim", np.int64), ("image_id", object), ("error", object))  # fmt: skip
+
+
+class CatalogStager(CatalogEmbedder):
+    """Embeds a batch of catalogue rows and writes them, split by shard, under ``staging``.
+
+    Batch out: one row per shard written (``shard, category, bucket, rows, dim``; image_id and
+    error empty) and one per skipped image (``image_id, error``; rows 0)."""
+
+    def __init__(self, staging: str, buckets_per_category: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.staging = staging
+        self.buckets = buckets_per_category
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        embedded = super().__call__(batch)
+        errors = [str(e) for e in embedded["error"]]
+        ok = np.asarray([not e for e in errors], dtype=bool)
+        meta = pa.table({name: embedded[name][ok] for name in META_COLUMNS})
+        vectors = embedded["embedding"][ok]
+        summary: list[tuple[str, str, int, int, int, str, str]] = []
+        for name, (category, bucket, table) in stage_groups(vectors, meta, self.buckets).items():
+            part = posixpath.join(self.staging, name, f"{uuid.uuid4().hex}.parquet")
+            self.storage.write_table(part, table)
+            summary.append((name, category, bucket, table.num_rows, vectors.shape[1], "", ""))
+        for image_id, err in zip(embedded["image_id"], errors, strict=True):
+            if err:
+                summary.append(("", "", 0, 0, 0, str(image_id), err))
+        columns = list(zip(*summary, strict=True)) if summary else [()] * len(_SUMMARY)
+        return {
+            key: np.asarray(values, dtype=kind)
+            for (key, kind), values in zip(_SUMMARY, columns, strict=True)
+        }
+
+
+def stage_catalog(
+    cfg: Config, model_version: str, dataset_prefix: str, staging: str
+) -> StagedCatalog:
+    """Embed ``<dataset_prefix>/catalog.parquet`` in an actor pool, writing the rows by shard
+    under ``staging`` (a name on ``cfg.storage``)."""
     storage = Storage(cfg.storage, cfg.storage_options)
     fs, root = storage.pyarrow_filesystem()
     ds = ray.data.read_parquet(
@@ -43,9 +113,11 @@ def embed_catalog(cfg: Config, model_version: str, dataset_prefix: str) -> Embed
     )
     # A catalogue file is often one block: split it so every actor of the pool gets work.
     ds = ds.repartition(4 * cfg.index.embed_actors)
-    embedded = ds.map_batches(
-        CatalogEmbedder,
+    summaries = ds.map_batches(
+        CatalogStager,
         fn_constructor_kwargs={
+            "staging": staging,
+            "buckets_per_category": cfg.index.buckets_per_category,
             "storage_root": cfg.storage,
             "storage_options": cfg.storage_options,
             "model_version": model_version,
@@ -58,27 +130,60 @@ def embed_catalog(cfg: Config, model_version: str, dataset_prefix: str) -> Embed
         num_cpus=cfg.index.cpus_per_actor,
         memory=cfg.index.backbone_actor_memory_mb * 2**20,
     )
-    vectors: list[np.ndarray] = []
-    columns: dict[str, list] = {name: [] for name in META_COLUMNS}
-    errors: dict[str, str] = {}
-    for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-        ok = np.asarray([not e for e in batch["error"]], dtype=bool)
-        for image_id, err in zip(batch["image_id"], batch["error"], strict=True):
-            if err:
-                errors[str(image_id)] = str(err)
-        vectors.append(np.asarray(batch["embedding"], dtype=np.float32)[ok])
-        for name in META_COLUMNS:
-            columns[name].extend(np.asarray(batch[name])[ok].tolist())
-    dim = vectors[0].shape[1] if vectors else 0
-    meta = pa.table(
-        {
-            "image_id": pa.array(columns["image_id"], pa.string()),
-            "product_id": pa.array(columns["product_id"], pa.string()),
-            "category": pa.array(columns["category"], pa.string()),
-            "title": pa.array(columns["title"], pa.string()),
-            "quality": pa.array(columns["quality"], pa.float32()),
-            "popularity": pa.array(columns["popularity"], pa.float32()),
-        }
-    )
-    stacked = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-    return EmbeddedCatalog(vectors=stacked, meta=meta, errors=errors)
+    staged = StagedCatalog(staging=staging)
+    for batch in summaries.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["shard"])):
+            if batch["error"][i]:
+                staged.errors[str(batch["image_id"][i])] = str(batch["error"][i])
+                continue
+            name = str(batch["shard"][i])
+            _, _, before = staged.shards.get(name, ("", 0, 0))
+            category, bucket = str(batch["category"][i]), int(batch["bucket"][i])
+            staged.shards[name] = (category, bucket, before + int(batch["rows"][i]))
+            staged.dim = int(batch["dim"][i])
+    return staged
+
+
+@ray.remote
+def _build_one(
+    cfg: Config, staging: str, version: str, name: str, category: str, bucket: int
+) -> tuple[dict, int]:
+    """Build one shard from its staged folder and write it under ``version``."""
+    storage = Storage(cfg.storage, cfg.storage_options)
+    folder = posixpath.join(staging, name)
+    tables = [storage.read_table(posixpath.join(folder, f)) for f in storage.list(folder)]
+    vectors, meta = decode_staged(pa.concat_tables(tables))
+    del tables
+    built = build_shard(
+        category, bucket, vectors, meta, tuning_spec(cfg.index), cfg.index.ivf_above,
+        cfg.index.large_engine, cfg.index.rescore_dtype,
+    )  # fmt: skip
+    entry = IndexStore(storage).write_shard(version, built)
+    return entry.model_dump(), peak_rss_bytes()
+
+
+def build_staged(
+    cfg: Config,
+    staged: StagedCatalog,
+    version: str,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[ShardEntry], int]:
+    """Build every staged shard in its own Ray task (``index.build_cpus`` each) and write it
+    under ``version``; returns the manifest entries and the largest task process's peak RSS.
+    ``progress(rows)`` is called as each shard finishes."""
+    task = _build_one.options(num_cpus=cfg.index.build_cpus)
+    rows = {}
+    pending = []
+    for name, (category, bucket, n) in sorted(staged.shards.items()):
+        ref = task.remote(cfg, staged.staging, version, name, category, bucket)
+        rows[ref] = n
+        pending.append(ref)
+    entries, peak = [], 0
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        entry, task_peak = ray.get(done[0])
+        entries.append(ShardEntry.model_validate(entry))
+        peak = max(peak, task_peak)
+        if progress is not None:
+            progress(rows[done[0]])
+    return entries, peak

@@ -158,20 +158,34 @@ class IndexStore:
         stats: dict[str, int | float],
     ) -> Manifest:
         """Write every shard's files under ``version`` and return its manifest, not yet published."""
-        entries = []
-        for shard in built:
-            entry, files = shard.package()
-            for fname, data in files.items():
-                self.storage.write_bytes(
-                    posixpath.join(self.prefix, version, "shards", entry.name, fname), data
-                )
-            entries.append(entry)
+        entries = [self.write_shard(version, shard) for shard in built]
+        return self.new_manifest(version, entries, model_version, dim, stats)
+
+    def write_shard(self, version: str, shard: BuiltShard) -> ShardEntry:
+        """Write one shard's files under ``version`` (what each parallel build task does) and
+        return its manifest entry."""
+        entry, files = shard.package()
+        for fname, data in files.items():
+            self.storage.write_bytes(
+                posixpath.join(self.prefix, version, "shards", entry.name, fname), data
+            )
+        return entry
+
+    @staticmethod
+    def new_manifest(
+        version: str,
+        entries: list[ShardEntry],
+        model_version: str,
+        dim: int,
+        stats: dict[str, int | float],
+    ) -> Manifest:
+        """The manifest of ``version`` over shards already written (in (category, bucket) order)."""
         return Manifest(
             version=version,
             model_version=model_version,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             dim=dim,
-            shards=entries,
+            shards=sorted(entries, key=lambda e: (e.category, e.bucket, e.delta)),
             stats=stats,
         )
 
