@@ -144,9 +144,15 @@ class ModelArtifact:
         network.load_state_dict(self.state_dict)
         return network.eval()
 
-    def embedder(self, backbone_bytes: bytes | None = None, batch_size: int = 32) -> Embedder:
-        """An ``Embedder`` over ``build(backbone_bytes)``."""
-        return Embedder(self.build(backbone_bytes), self.categories, batch_size, self.config.views)
+    def embedder(
+        self, backbone_bytes: bytes | None = None, batch_size: int = 32, device: str = "auto"
+    ) -> Embedder:
+        """An ``Embedder`` over ``build(backbone_bytes)`` on ``device`` ("auto": CUDA when this
+        process sees a GPU, as a Ray actor given ``num_gpus`` does, else the CPU)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        network = self.build(backbone_bytes)
+        return Embedder(network, self.categories, batch_size, self.config.views, device)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

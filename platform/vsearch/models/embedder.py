@@ -41,8 +41,15 @@ class Embedder:
         categories: list[str] | None = None,
         batch_size: int = 32,
         views: Sequence[float] = (1.0,),
+        device: str | torch.device | None = None,
     ) -> None:
+        """``device``: where the network's torch part runs ("cuda", "cpu"; None: where it is,
+        so an embedder over a trainer's network never moves it)."""
+        if device is not None:
+            network = network.to(device)
         self.network = network.eval()
+        first = next(self.network.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
         self.spec = network.spec
         self.categories = list(categories or [])
         self.batch_size = batch_size
@@ -67,7 +74,10 @@ class Embedder:
             for start in range(0, len(images), self.batch_size):
                 chunk = [centre_crop(i, fraction) for i in images[start : start + self.batch_size]]
                 x = self.spec.preprocess(chunk)
-                out[v, start : start + len(chunk)] = self.network.feature_maps(x).numpy()
+                if self.network.backbone is not None:  # a torch backbone (ONNX takes CPU input)
+                    x = x.to(self.device)
+                maps = self.network.feature_maps(x)
+                out[v, start : start + len(chunk)] = maps.float().cpu().numpy()
         return out
 
     def predict(self, images: list[np.ndarray]) -> Prediction:
@@ -88,7 +98,7 @@ class Embedder:
             parts: list[NetOutput] = []
             for start in range(0, len(view_maps), self.batch_size):
                 chunk = torch.from_numpy(np.asarray(view_maps[start : start + self.batch_size]))
-                parts.append(self.network.forward_maps(chunk.float()))
+                parts.append(self.network.forward_maps(chunk.float().to(self.device)))
             per_view.append(parts)
         return self._combine(per_view, fmaps.shape[1])
 
@@ -108,7 +118,7 @@ class Embedder:
         mean = torch.nn.functional.normalize(emb.mean(dim=0), dim=1)
         probs = torch.softmax(logits, dim=2).mean(dim=0) if logits.shape[2] else logits[0]
         return Prediction(
-            mean.numpy().astype(np.float32),
-            box.numpy().astype(np.float32),
-            probs.numpy().astype(np.float32),
+            mean.cpu().numpy().astype(np.float32),
+            box.cpu().numpy().astype(np.float32),
+            probs.cpu().numpy().astype(np.float32),
         )

@@ -39,10 +39,13 @@ class OnnxBackbone:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
+        # CUDA where onnxruntime has it (the onnxruntime-gpu package) and this process sees a
+        # GPU (a Ray actor given num_gpus does; one given none sees none), else the CPU.
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers() and _sees_gpu():
+            providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(
-                model_bytes, options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(model_bytes, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{spec.name}: not a loadable ONNX model: {exc}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -114,3 +117,7 @@ def xception_spec(input_size: int = 224, **_: object) -> EncoderSpec:
         grid=7,
         trainable=False,
     )
+
+
+def _sees_gpu() -> bool:
+    return bool(torch.cuda.is_available())

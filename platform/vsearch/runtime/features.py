@@ -194,6 +194,7 @@ def cache_feature_maps(
                 batch_format="numpy",
                 compute=ActorPoolStrategy(size=actors),
                 num_cpus=cfg.index.cpus_per_actor,
+                num_gpus=cfg.index.gpus_per_actor,
                 memory=cfg.index.backbone_actor_memory_mb * 2**20,
             )
         )

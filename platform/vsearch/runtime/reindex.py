@@ -128,6 +128,7 @@ def stage_catalog(
         batch_format="numpy",
         compute=ActorPoolStrategy(size=cfg.index.embed_actors),
         num_cpus=cfg.index.cpus_per_actor,
+        num_gpus=cfg.index.gpus_per_actor,
         memory=cfg.index.backbone_actor_memory_mb * 2**20,
     )
     staged = StagedCatalog(staging=staging)
