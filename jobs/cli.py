@@ -30,11 +30,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _serve(cfg: Config) -> None:
-    from serve.app import running_service
+    from serve.app import auth_settings, running_service
     from vsearch.runtime.cluster import ray_session
 
+    auth = auth_settings(cfg)  # a missing token is reported before Ray starts
     with ray_session(cfg.ray), running_service(cfg) as url:
-        print(f"Serving at {url} (POST /search, GET /healthz). Ctrl-C stops.")
+        note = ", Bearer token required" if auth["require_auth"] else ""
+        print(
+            f"Serving at {url} (POST /search, GET /healthz /readyz /metrics{note}). Ctrl-C stops."
+        )
         try:
             while True:
                 time.sleep(3600)
@@ -150,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "index":
         return _index(cfg, args)
     elif args.command == "serve":
-        _serve(cfg)
+        try:
+            _serve(cfg)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"vsearch serve: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

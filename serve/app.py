@@ -16,6 +16,7 @@ from ray.serve import Application
 
 from serve.deployments import QueryEmbedder, ResultReranker, SearchIngress, ShardSearcher
 from vsearch.config import Config, load_config
+from vsearch.guards import is_loopback, load_token
 from vsearch.runtime.cluster import free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
 
@@ -30,6 +31,27 @@ class AppArgs(BaseModel):
     config: dict[str, Any] | None = None
     #: Index version to serve; the published ``CURRENT`` one when None.
     index_version: str | None = None
+
+
+def auth_settings(cfg: Config) -> dict[str, Any]:
+    """Whether the service requires a token, and where the token comes from; ``ValueError`` (or
+    ``FileNotFoundError``) with what to do when it is required and cannot be read. Called
+    before Ray starts by ``vsearch serve`` and again by :func:`build_app`."""
+    required = (
+        not is_loopback(cfg.serve.host)
+        if cfg.serve.require_auth == "auto"
+        else bool(cfg.serve.require_auth)
+    )
+    if required and load_token(cfg.serve.auth_token_env, cfg.serve.auth_token_file) is None:
+        raise ValueError(
+            f"serving on {cfg.serve.host} needs an API token: set ${cfg.serve.auth_token_env} "
+            "or serve.auth_token_file (or serve.require_auth=false on a trusted network)"
+        )
+    return {
+        "require_auth": required,
+        "auth_token_env": cfg.serve.auth_token_env,
+        "auth_token_file": cfg.serve.auth_token_file,
+    }
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
@@ -77,8 +99,12 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         "max_upload_bytes": cfg.serve.max_upload_bytes,
         "max_pixels": cfg.index.max_pixels,
         "max_side": 4 * artifact.spec.input_size,
+        "rate_limit_per_s": cfg.serve.rate_limit_per_s,
+        "rate_limit_burst": cfg.serve.rate_limit_burst,
+        **auth_settings(cfg),
     }
-    return SearchIngress.bind(embedder, searchers, ResultReranker.bind(), settings)
+    ingress = SearchIngress.options(max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests)
+    return ingress.bind(embedder, searchers, ResultReranker.bind(), settings)
 
 
 @contextmanager

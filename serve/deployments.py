@@ -15,9 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
 from vsearch.imaging import ImageDecodeError, decode_image
 from vsearch.index.searcher import Hit, ShardedIndex
 from vsearch.rank.rerank import Reranker
@@ -48,6 +52,9 @@ class QueryEmbedder:
     async def __call__(self, image: np.ndarray) -> np.ndarray:
         return await self.embed_batch(image)
 
+    def ping(self) -> bool:
+        return True
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class ShardSearcher:
@@ -67,6 +74,9 @@ class ShardSearcher:
     ) -> list[Hit]:
         return self.index.search(vector.reshape(1, -1), k, shortlist, categories)[0]
 
+    def ping(self) -> bool:
+        return True
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class ResultReranker:
@@ -79,6 +89,9 @@ class ResultReranker:
         hits = [h for hits in hit_lists for h in hits]
         return [asdict(p) for p in self.reranker.rerank(hits, k)]
 
+    def ping(self) -> bool:
+        return True
+
 
 api = FastAPI(
     title="vsearch",
@@ -86,10 +99,46 @@ api = FastAPI(
 )
 
 
+class _Metrics:
+    """The ingress replica's Prometheus metrics (each replica exposes its own at /metrics)."""
+
+    STAGES = ("read", "decode", "embed", "search", "rerank", "total")
+
+    def __init__(self, index_version: str, model_version: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vsearch_requests", "HTTP requests by endpoint and status code",
+            ["endpoint", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "vsearch_errors", "Refused or failed searches by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.seconds = Histogram(
+            "vsearch_stage_seconds", "Seconds per stage of a search", ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )  # fmt: skip
+        served = Gauge(
+            "vsearch_index_info", "The index and model versions this replica serves (value 1)",
+            ["index_version", "model_version"], registry=self.registry,
+        )  # fmt: skip
+        served.labels(index_version, model_version).set(1)
+
+    def error(self, code: int, message: str) -> HTTPException:
+        """Count a refused search under the reason that starts ``message`` (the text before
+        its first colon) and return the exception that refuses it with ``message``."""
+        self.requests.labels("/search", str(code)).inc()
+        self.errors.labels(message.split(":", 1)[0]).inc()
+        return HTTPException(code, message)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class SearchIngress:
-    """HTTP front: validates uploads, fans out to the searchers that hold the wanted categories."""
+    """HTTP front: checks the token and the client's rate, reads the upload under its size limit
+    as it streams, decodes it off the event loop (so /healthz stays quick), and fans out to the
+    searchers that hold the wanted categories."""
 
     def __init__(
         self,
@@ -104,9 +153,41 @@ class SearchIngress:
         self.settings = settings
         #: Categories held by each searcher, in the order of ``searchers``.
         self.searcher_categories: list[set[str]] = [set(c) for c in settings["categories"]]
+        self.token: str | None = None
+        if settings["require_auth"]:
+            self.token = load_token(settings["auth_token_env"], settings["auth_token_file"])
+            if self.token is None:
+                raise RuntimeError("auth is required but no API token is set")
+        rate = settings["rate_limit_per_s"]
+        self.limiter = RateLimiter(rate, settings["rate_limit_burst"]) if rate > 0 else None
+        self.metrics = _Metrics(settings["index_version"], settings["model_version"])
+
+    def _check_token(self, request: Request, endpoint: str) -> None:
+        if self.token is not None and not bearer_ok(request.headers.get("authorization"),
+                                                    self.token):  # fmt: skip
+            self.metrics.requests.labels(endpoint, "401").inc()
+            self.metrics.errors.labels("unauthorized").inc()
+            raise HTTPException(
+                401, "missing or wrong API token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+
+    def _check_rate(self, request: Request) -> None:
+        if self.limiter is None:
+            return
+        client = request.client.host if request.client is not None else "unknown"
+        wait = self.limiter.check(client)
+        if wait is not None:
+            self.metrics.requests.labels("/search", "429").inc()
+            self.metrics.errors.labels("rate_limited").inc()
+            raise HTTPException(
+                429, f"too many requests from {client}: retry in {wait:.1f} s",
+                headers={"Retry-After": RateLimiter.retry_after(wait)},
+            )  # fmt: skip
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
+        """Liveness: the ingress answers (it does not call the other deployments)."""
         s = self.settings
         return {
             "status": "ok",
@@ -117,26 +198,59 @@ class SearchIngress:
             "categories": sorted(set().union(*self.searcher_categories)),
         }
 
+    @api.get("/readyz")
+    async def readyz(self) -> Response:
+        """Readiness: the embedder, every searcher and the re-ranker answer within 2 s."""
+        calls = [self.embedder.ping.remote(), self.reranker.ping.remote()]
+        calls += [s.ping.remote() for s in self.searchers]
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls), timeout=2.0)
+        except Exception as exc:  # a replica that is down or failing: not ready, say why
+            reason = f"{type(exc).__name__}: {exc}".strip()[:300]
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        return JSONResponse(
+            {"ready": True, "index_version": self.settings["index_version"],
+             "searchers": len(self.searchers)}
+        )  # fmt: skip
+
+    @api.get("/metrics")
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus metrics of this ingress replica (behind the token when auth is on)."""
+        self._check_token(request, "/metrics")
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     async def _read_upload(self, request: Request) -> bytes:
         limit = self.settings["max_upload_bytes"]
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + 4096:
-            raise HTTPException(413, f"upload of {declared} bytes exceeds the {limit}-byte limit")
+            raise self.metrics.error(
+                413, f"too large: upload of {declared} bytes exceeds the {limit}-byte limit"
+            )
+        try:
+            # Multipart framing adds a few hundred bytes around the file.
+            body = await read_limited(request.stream(), limit + 4096)
+        except BodyTooLargeError as exc:
+            raise self.metrics.error(413, f"too large: {exc}") from None
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
+            request._body = body  # Starlette parses the form from the body already read
             form = await request.form()
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "multipart upload needs a file field named 'image'")
+                raise self.metrics.error(
+                    400, "no image: multipart upload needs a file field named 'image'"
+                )
             data = await upload.read()
         else:
-            data = await request.body()
+            data = body
         if not data:
-            raise HTTPException(
+            raise self.metrics.error(
                 400, "no image: send it as the request body or as multipart field 'image'"
             )
         if len(data) > limit:
-            raise HTTPException(413, f"upload of {len(data)} bytes exceeds the {limit}-byte limit")
+            raise self.metrics.error(
+                413, f"too large: upload of {len(data)} bytes exceeds the {limit}-byte limit"
+            )
         return data
 
     @api.post("/search")
@@ -147,13 +261,22 @@ class SearchIngress:
         categories: str | None = Query(None, description="comma-separated category filter"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        self._check_token(request, "/search")
+        self._check_rate(request)
         k = k or self.settings["top_k"]
+        timings: dict[str, float] = {}
+        mark = started
         data = await self._read_upload(request)
+        timings["read"], mark = time.perf_counter() - mark, time.perf_counter()
         try:
-            image = decode_image(data, self.settings["max_pixels"], self.settings["max_side"])
+            # Off the event loop: a large decode must not hold up /healthz or other requests.
+            image = await asyncio.to_thread(
+                decode_image, data, self.settings["max_pixels"], self.settings["max_side"]
+            )
         except ImageDecodeError as exc:
             status = _STATUS_OF_REASON.get(exc.reason, 400)
-            raise HTTPException(status, f"{exc.reason}: {exc.detail}") from None
+            raise self.metrics.error(status, f"{exc.reason}: {exc.detail}") from None
+        timings["decode"], mark = time.perf_counter() - mark, time.perf_counter()
         wanted = [c for c in categories.split(",") if c] if categories else None
         targets = [
             s
@@ -161,15 +284,23 @@ class SearchIngress:
             if wanted is None or cats.intersection(wanted)
         ]
         vector = await self.embedder.remote(image)
+        timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
         shortlist = self.settings["shortlist"]
         per_searcher = k * 4  # several images of one product may precede the next product
         hit_lists = await asyncio.gather(
             *(s.search.remote(vector, per_searcher, shortlist, wanted) for s in targets)
         )
+        timings["search"], mark = time.perf_counter() - mark, time.perf_counter()
         results = await self.reranker.rerank.remote(list(hit_lists), k)
+        timings["rerank"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - started
+        for stage, seconds in timings.items():
+            self.metrics.seconds.labels(stage).observe(seconds)
+        self.metrics.requests.labels("/search", "200").inc()
         return {
             "index_version": self.settings["index_version"],
             "model_version": self.settings["model_version"],
-            "took_ms": round((time.perf_counter() - started) * 1000, 3),
+            "took_ms": round(timings["total"] * 1000, 3),
+            "timings_ms": {stage: round(v * 1000, 3) for stage, v in timings.items()},
             "results": results,
         }

@@ -306,7 +306,21 @@ class ServeConfig(_Strict):
     searchers: int = Field(2, ge=1)
     #: Products returned when a request gives no ``k``.
     top_k: int = Field(10, ge=1, le=100)
+    #: Largest upload accepted; enforced while the body streams (chunked uploads too).
     max_upload_bytes: int = Field(10_000_000, ge=1)
+    #: Bearer-token auth on /search and /metrics: "auto" turns it on whenever ``host`` is not a
+    #: loopback address. The token comes from the environment variable ``auth_token_env``, else
+    #: the first line of ``auth_token_file``; never from this file.
+    require_auth: Literal["auto"] | bool = "auto"
+    auth_token_env: str = "VSEARCH_API_TOKEN"
+    auth_token_file: str | None = None
+    #: Per-client limit on /search: ``rate_limit_per_s`` requests a second on average, bursts of
+    #: ``rate_limit_burst`` (429 with Retry-After past it; per ingress replica); 0: no limit.
+    rate_limit_per_s: float = Field(50.0, ge=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    #: Requests one ingress replica holds at once (uploads being read, decodes, searches);
+    #: Serve's default of 5 let a few slow uploads stall /healthz.
+    ingress_max_ongoing_requests: int = Field(64, ge=1)
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
     max_batch_size: int = Field(8, ge=1, le=32)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
