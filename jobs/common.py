@@ -13,16 +13,11 @@ from tqdm import tqdm
 from vsearch.config import Config
 from vsearch.data.dataset import CatalogDataset
 from vsearch.storage import Storage
-from vsearch.storage.datasets import read_dataset, write_dataset
+from vsearch.storage.datasets import dataset_prefix, read_dataset, write_dataset
 
 
 def storage_of(cfg: Config) -> Storage:
     return Storage(cfg.storage, cfg.storage_options)
-
-
-def dataset_prefix(cfg: Config) -> str:
-    """Where the configured dataset lives under the storage root."""
-    return f"datasets/{cfg.data.source}"
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
 from vsearch.models.onnx_torch import pretrained_tail
 from vsearch.rank.fusion import predict_categories
+from vsearch.rank.routing import route_categories
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.embedding import META_COLUMNS
 from vsearch.storage import IndexStore, ModelStore, Storage
@@ -158,8 +159,13 @@ def main(
         "large_engine": cfg.index.large_engine,
         "rescore_dtype": cfg.index.rescore_dtype,
     }
+    # Routed as the service routes each photo (its category head's most probable categories).
+    routes = [
+        route_categories(p, artifact.categories, cfg.category.route_mass, cfg.category.route_max)
+        for p in pred.category_probs
+    ]
     p2c = evaluate_retrieval(
-        pred.embeddings, products, catalog_vectors, catalog_meta, canonical, **args
+        pred.embeddings, products, catalog_vectors, catalog_meta, canonical, routes=routes, **args
     )
     report: dict[str, Any] = {
         "index_version": manifest.version,
@@ -172,6 +178,17 @@ def main(
         "unreadable_queries": int((~ok).sum()),
         "photo_to_catalog": p2c.as_dict(),
     }
+    routed = [r for r in routes if r is not None]
+    if routed:
+        truth_cats = queries["category"].to_pylist()
+        report["routing"] = {
+            "mass": cfg.category.route_mass,
+            "max_categories": cfg.category.route_max,
+            "mean_categories_searched": float(np.mean([len(r) for r in routed])),
+            "true_category_searched": float(
+                np.mean([r is None or t in r for r, t in zip(routes, truth_cats, strict=True)])
+            ),
+        }
     # Category: the vote runs over the catalogue hits, as in the service.
     k = min(cfg.category.vote_neighbours, len(catalog_vectors))
     sims, rows = exact_topk(pred.embeddings, catalog_vectors, k)
@@ -274,6 +291,11 @@ def _print(report: dict[str, Any]) -> None:
     rows["photo -> catalogue R@1 / R@10 (index)"] = (
         f"{p2c['recall_at_1']:.3f} / {p2c['recall_at_10']:.3f}"
     )
+    if "routing" in report:
+        r = report["routing"]
+        rows["routed: categories searched (mean) / true one among them"] = (
+            f"{r['mean_categories_searched']:.2f} / {r['true_category_searched']:.3f}"
+        )
     rows["photo -> catalogue R@1 (exact)"] = p2c["exact_recall_at_1"]
     rows["binary index recall@10 vs exact"] = p2c["ann_recall_at_10"]
     if "photo_to_train" in report:

@@ -19,6 +19,7 @@ from vsearch.config import Config, load_config
 from vsearch.guards import is_loopback, load_token
 from vsearch.runtime.cluster import free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
+from vsearch.storage.datasets import dataset_prefix
 
 
 class AppArgs(BaseModel):
@@ -99,6 +100,12 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         "max_upload_bytes": cfg.serve.max_upload_bytes,
         "max_pixels": cfg.index.max_pixels,
         "max_side": 4 * artifact.spec.input_size,
+        "model_categories": list(artifact.categories),
+        "route_mass": cfg.category.route_mass,
+        "route_max": cfg.category.route_max,
+        "storage_root": cfg.storage,
+        "storage_options": cfg.storage_options,
+        "dataset_prefix": dataset_prefix(cfg),
         "rate_limit_per_s": cfg.serve.rate_limit_per_s,
         "rate_limit_burst": cfg.serve.rate_limit_burst,
         **auth_settings(cfg),

@@ -22,10 +22,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
-from vsearch.imaging import ImageDecodeError, decode_image
+from vsearch.imaging import ImageDecodeError, decode_image, sniff_media_type
 from vsearch.index.searcher import Hit, ShardedIndex
 from vsearch.rank.rerank import Reranker
-from vsearch.storage import IndexStore, ModelStore, Storage
+from vsearch.rank.routing import images_to_fetch, route_categories
+from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset
 
 #: HTTP status for each decode failure reason.
 _STATUS_OF_REASON = {"format_not_allowed": 415, "too_large": 413}
@@ -46,10 +47,15 @@ class QueryEmbedder:
         self.embed_batch.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def embed_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.embedder.embed(images))
+    async def embed_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        # One forward pass gives the embedding, the subject box and the category probabilities.
+        pred = self.embedder.predict(images)
+        return [
+            {"embedding": e, "box": b, "category_probs": p}
+            for e, b, p in zip(pred.embeddings, pred.boxes, pred.category_probs, strict=True)
+        ]
 
-    async def __call__(self, image: np.ndarray) -> np.ndarray:
+    async def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         return await self.embed_batch(image)
 
     def ping(self) -> bool:
@@ -97,6 +103,28 @@ api = FastAPI(
     title="vsearch",
     description="Visual search: upload a product photo, get the matching catalogue products.",
 )
+
+
+class _Catalogue:
+    """The catalogue's image locations and products, for ``/images`` and ``/products``."""
+
+    def __init__(self, storage: Storage, dataset_prefix: str) -> None:
+        self.storage = storage
+        self.uri_of: dict[str, str] = {}
+        self.products: dict[str, dict[str, Any]] = {}
+        try:
+            table = read_dataset(storage, dataset_prefix).catalog
+        except FileNotFoundError:
+            return  # an index without its dataset: search works, the image routes answer 404
+        for row in table.select(["product_id", "image_id", "image_uri", "category", "title"]
+                                ).to_pylist():  # fmt: skip
+            self.uri_of[row["image_id"]] = row["image_uri"]
+            product = self.products.setdefault(
+                row["product_id"],
+                {"product_id": row["product_id"], "title": row["title"],
+                 "category": row["category"], "images": []},
+            )  # fmt: skip
+            product["images"].append(row["image_id"])
 
 
 class _Metrics:
@@ -161,6 +189,10 @@ class SearchIngress:
         rate = settings["rate_limit_per_s"]
         self.limiter = RateLimiter(rate, settings["rate_limit_burst"]) if rate > 0 else None
         self.metrics = _Metrics(settings["index_version"], settings["model_version"])
+        self.catalogue = _Catalogue(
+            Storage(settings["storage_root"], settings["storage_options"]),
+            settings["dataset_prefix"],
+        )
 
     def _check_token(self, request: Request, endpoint: str) -> None:
         if self.token is not None and not bearer_ok(request.headers.get("authorization"),
@@ -277,16 +309,26 @@ class SearchIngress:
             status = _STATUS_OF_REASON.get(exc.reason, 400)
             raise self.metrics.error(status, f"{exc.reason}: {exc.detail}") from None
         timings["decode"], mark = time.perf_counter() - mark, time.perf_counter()
-        wanted = [c for c in categories.split(",") if c] if categories else None
+        pred = await self.embedder.remote(image)
+        timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
+        probs = np.asarray(pred["category_probs"])
+        names = self.settings["model_categories"]
+        if categories:
+            wanted: list[str] | None = [c for c in categories.split(",") if c]
+            routed_by = "request"
+        else:
+            wanted = route_categories(
+                probs, names, self.settings["route_mass"], self.settings["route_max"]
+            )
+            routed_by = "model" if wanted is not None else "all"
         targets = [
             s
             for s, cats in zip(self.searchers, self.searcher_categories, strict=True)
             if wanted is None or cats.intersection(wanted)
         ]
-        vector = await self.embedder.remote(image)
-        timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
         shortlist = self.settings["shortlist"]
-        per_searcher = k * 4  # several images of one product may precede the next product
+        per_searcher = images_to_fetch(k)
+        vector = pred["embedding"]
         hit_lists = await asyncio.gather(
             *(s.search.remote(vector, per_searcher, shortlist, wanted) for s in targets)
         )
@@ -297,10 +339,40 @@ class SearchIngress:
         for stage, seconds in timings.items():
             self.metrics.seconds.labels(stage).observe(seconds)
         self.metrics.requests.labels("/search", "200").inc()
+        top = int(np.argmax(probs)) if probs.size else None
         return {
             "index_version": self.settings["index_version"],
             "model_version": self.settings["model_version"],
             "took_ms": round(timings["total"] * 1000, 3),
             "timings_ms": {stage: round(v * 1000, 3) for stage, v in timings.items()},
+            "category": (
+                {"name": names[top], "probability": round(float(probs[top]), 4)}
+                if top is not None
+                else None
+            ),
+            "searched_categories": wanted,
+            "routed_by": routed_by,
+            "box": [round(float(v), 4) for v in np.asarray(pred["box"]).tolist()],
             "results": results,
         }
+
+    @api.get("/products/{product_id}")
+    async def product(self, product_id: str) -> dict[str, Any]:
+        """A catalogue product: title, category and its images (``/images/{image_id}``)."""
+        rows = self.catalogue.products.get(product_id)
+        if rows is None:
+            raise HTTPException(404, f"no product {product_id!r} in the catalogue")
+        return rows
+
+    @api.get("/images/{image_id}")
+    async def image(self, image_id: str) -> Response:
+        """The bytes of a catalogue image (for result pages); only catalogue ids are served."""
+        uri = self.catalogue.uri_of.get(image_id)
+        if uri is None:
+            raise HTTPException(404, f"no image {image_id!r} in the catalogue")
+        try:
+            data = await asyncio.to_thread(self.catalogue.storage.read_bytes, uri)
+        except FileNotFoundError:
+            raise HTTPException(404, f"image {image_id!r} is missing from storage") from None
+        return Response(data, media_type=sniff_media_type(data),
+                        headers={"Cache-Control": "public, max-age=3600"})  # fmt: skip

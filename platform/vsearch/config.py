@@ -250,6 +250,11 @@ class CategoryConfig(_Strict):
     #: Neighbours that vote, and the softmax temperature of their similarity weights.
     vote_neighbours: int = Field(10, ge=1)
     vote_temperature: float = Field(0.05, gt=0)
+    #: Routing (service and evaluation alike): a query is searched in the shards of its most
+    #: probable categories (category head) until their probability reaches ``route_mass``, at
+    #: most ``route_max`` of them; 0 searches every shard. A request's category filter wins.
+    route_mass: float = Field(0.9, ge=0, le=1)
+    route_max: int = Field(3, ge=1)
 
 
 class IndexConfig(_Strict):

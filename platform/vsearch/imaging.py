@@ -88,6 +88,25 @@ def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return image[top : top + ch, left : left + cw]
 
 
+#: Leading bytes of the allowed formats and their media types.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_media_type(data: bytes) -> str:
+    """The media type of image bytes from their signature (JPEG, PNG, WEBP, BMP), else
+    ``application/octet-stream``."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, media in _SIGNATURES:
+        if data.startswith(magic):
+            return media
+    return "application/octet-stream"
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """``(width, height)`` from an image's header without decoding its pixels; ``(0, 0)`` when
     the bytes are not an image."""

@@ -103,6 +103,27 @@ def test_search_over_http(running: Running, client) -> None:
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     assert len({r["product_id"] for r in results}) == len(results)  # one row per product
+    # One forward pass also gave the predicted category (which routed the search) and the box.
+    names = {e.category for e in running.manifest.shards}
+    assert body["category"]["name"] in names and 0 < body["category"]["probability"] <= 1
+    assert body["routed_by"] == "model" and body["category"]["name"] in body["searched_categories"]
+    assert {r["category"] for r in results} <= set(body["searched_categories"])
+    x0, y0, x1, y1 = body["box"]
+    assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1
+
+
+def test_catalogue_images_and_products_for_result_pages(running: Running, client) -> None:
+    import requests
+
+    data, _ = _query_bytes(running.cfg)
+    first = client.search(data, k=1).json()["results"][0]
+    image = requests.get(f"{running.url}/images/{first['image_id']}", timeout=30)
+    assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    Image.open(io.BytesIO(image.content)).verify()
+    product = requests.get(f"{running.url}/products/{first['product_id']}", timeout=30).json()
+    assert product["category"] == first["category"] and first["image_id"] in product["images"]
+    for path in ("/images/no-such-image", "/products/no-such-product", "/images/..%2Fsecrets"):
+        assert requests.get(f"{running.url}{path}", timeout=30).status_code == 404
 
 
 def test_raw_body_upload_and_category_filter(running: Running) -> None:
@@ -114,6 +135,7 @@ def test_raw_body_upload_and_category_filter(running: Running) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert {r["category"] for r in resp.json()["results"]} == {category}
+    assert resp.json()["routed_by"] == "request"
 
 
 def test_default_k_comes_from_config(running: Running) -> None:

@@ -17,6 +17,7 @@ from vsearch.eval.metrics import ann_recall, exact_topk, mean_average_precision,
 from vsearch.index.builder import build_shards
 from vsearch.index.searcher import ShardedIndex
 from vsearch.index.tuning import TuningSpec
+from vsearch.rank.routing import images_to_fetch
 
 
 @dataclass
@@ -70,16 +71,19 @@ def evaluate_retrieval(
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
     rescore_dtype: str = "float16",
+    routes: Sequence[list[str] | None] | None = None,
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
 
     ``catalog_meta`` has the index metadata columns (image_id, product_id, category, title,
     quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
     The shards are built and searched as the reindex job and the service do: each shard's
-    shortlist tuned to ``tuning`` unless ``shortlist`` overrides it.
+    shortlist tuned to ``tuning`` unless ``shortlist`` overrides it. ``routes[i]``: the categories
+    query ``i`` is searched in (``vsearch.rank.routing``, as the service routes it; None: all),
+    for Recall and mAP; the index's recall against exact search is measured unrouted.
     """
     canonical = dict(canonical or {})
-    k_images = 10 * 4  # enough images to fill 10 distinct products in practice
+    k_images = images_to_fetch(10)  # the service's over-fetch for 10 products
     product_of_row = catalog_meta["product_id"].to_pylist()
     row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
     index = ShardedIndex.from_built(
@@ -88,11 +92,28 @@ def evaluate_retrieval(
             rescore_dtype,
         )
     )  # fmt: skip
-    hits = index.search(query_vectors, k_images, shortlist)
-    approx_rows = np.full((len(hits), k_images), -1, dtype=np.int64)
-    for i, row_hits in enumerate(hits):
-        for j, hit in enumerate(row_hits):
-            approx_rows[i, j] = row_of_image[hit.image_id]
+
+    def rows_of(hits: list[list]) -> np.ndarray:
+        out = np.full((len(hits), k_images), -1, dtype=np.int64)
+        for i, row_hits in enumerate(hits):
+            for j, hit in enumerate(row_hits):
+                out[i, j] = row_of_image[hit.image_id]
+        return out
+
+    unrouted = rows_of(index.search(query_vectors, k_images, shortlist))
+    approx_rows = unrouted
+    if routes is not None and any(r is not None for r in routes):
+        routed: list[list] = [[] for _ in range(len(query_vectors))]
+        groups: dict[tuple[str, ...] | None, list[int]] = {}
+        for i, route in enumerate(routes):
+            groups.setdefault(tuple(route) if route is not None else None, []).append(i)
+        for key, members in groups.items():
+            found = index.search(
+                query_vectors[members], k_images, shortlist, list(key) if key else None
+            )
+            for i, row_hits in zip(members, found, strict=True):
+                routed[i] = row_hits
+        approx_rows = rows_of(routed)
     _, exact_rows = exact_topk(query_vectors, catalog_vectors, k_images)
     truth = [canonical.get(p, p) for p in query_products]
     approx_ranked = [
@@ -110,7 +131,7 @@ def evaluate_retrieval(
         map_at_10=mean_average_precision(approx_ranked, [{t} for t in truth], 10),
         exact_recall_at_1=recall_at_k(exact_ranked, truth, 1),
         exact_recall_at_10=recall_at_k(exact_ranked, truth, 10),
-        ann_recall_at_10=ann_recall(approx_rows[:, :k_ann], exact_rows[:, :k_ann], k_ann),
+        ann_recall_at_10=ann_recall(unrouted[:, :k_ann], exact_rows[:, :k_ann], k_ann),
         recall_curve=recall_curve(approx_ranked, truth),
     )
 

@@ -7,10 +7,16 @@ from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 
+from vsearch.config import Config
 from vsearch.data.dataset import CatalogDataset
 from vsearch.storage.fs import Storage
 
 _TABLES = ("catalog", "queries", "clicks", "duplicates")
+
+
+def dataset_prefix(cfg: Config) -> str:
+    """Where the configured dataset lives under the storage root: ``datasets/<source>``."""
+    return f"datasets/{cfg.data.source}"
 
 
 def write_dataset(
