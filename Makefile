@@ -22,12 +22,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian's Chromium drives the browser test (Playwright launches it by path; Playwright's own
+# browser download is not used). Installed with apt-get when missing, which needs root.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null; \
+	else \
+	  echo "make: $(CHROMIUM) is missing; install Debian's chromium (apt-get install chromium," \
+	       "as root) for the browser test" >&2; exit 1; \
+	fi
+
+install: $(STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(BIN)/vsearch demo --config configs/demo.yaml $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: $(STAMP)

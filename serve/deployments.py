@@ -10,12 +10,13 @@ ingress (FastAPI, validates) -> QueryEmbedder (serve.batch) -> ShardSearcher x N
 import asyncio
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
@@ -27,6 +28,9 @@ from vsearch.index.searcher import Hit, ShardedIndex
 from vsearch.rank.rerank import Reranker
 from vsearch.rank.routing import images_to_fetch, route_categories
 from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset
+
+#: The web page at ``/`` (plain HTML and JavaScript, no external resources).
+_PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 
 #: HTTP status for each decode failure reason.
 _STATUS_OF_REASON = {"format_not_allowed": 415, "too_large": 413}
@@ -216,6 +220,11 @@ class SearchIngress:
                 429, f"too many requests from {client}: retry in {wait:.1f} s",
                 headers={"Retry-After": RateLimiter.retry_after(wait)},
             )  # fmt: skip
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The search page: upload or drop a photo, see the box, the category and the results."""
+        return HTMLResponse(_PAGE)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

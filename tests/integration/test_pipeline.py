@@ -300,3 +300,62 @@ def test_token_and_rate_limit_on_a_guarded_app(running: Running, tmp_path: Path)
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     finally:
         serve.delete("guarded")
+
+
+CHROMIUM = "/usr/bin/chromium"
+#: Flags for Debian's Chromium headless on a machine with no outside network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_the_web_page_in_a_real_browser(running: Running, tmp_path: Path) -> None:
+    """Upload a catalogue photo through the page in headless Chromium: its product comes first,
+    the box is drawn and the category shown; a screenshot goes to reports/."""
+    from playwright.sync_api import sync_playwright
+
+    from vsearch.storage import Storage, read_dataset
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: `make test` installs it"
+    storage = Storage(running.cfg.storage)
+    row = read_dataset(storage, "datasets/synthetic").catalog.slice(3, 1).to_pylist()[0]
+    photo = tmp_path / "query.png"
+    photo.write_bytes(storage.read_bytes(row["image_uri"]))
+    shot = REPO / "reports" / "browser-search.png"
+    shot.parent.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(f"{running.url}/")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector(".result", timeout=60_000)
+            first = page.locator(".result").first
+            assert first.get_attribute("data-product-id") == row["product_id"]
+            assert page.locator("#summary .category").inner_text().startswith("Category: ")
+            assert page.locator("#error").inner_text() == ""
+            # The result images load from /images/{id}.
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.result img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            # The box was drawn: the canvas holds the photo with a red frame.
+            red = page.evaluate(
+                """() => { const c = document.getElementById('photo');
+                           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                           let n = 0; for (let i = 0; i < d.length; i += 4)
+                             if (d[i] > 240 && d[i + 1] < 70 && d[i + 2] < 70) n++;
+                           return n; }"""
+            )
+            assert red > 20
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
