@@ -17,6 +17,7 @@ from ray.serve import Application
 from serve.deployments import QueryEmbedder, ResultReranker, SearchIngress, ShardSearcher
 from vsearch.config import Config, load_config
 from vsearch.guards import is_loopback, load_token
+from vsearch.index.searcher import assign_shards
 from vsearch.runtime.cluster import free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
 from vsearch.storage.datasets import dataset_prefix
@@ -56,7 +57,8 @@ def auth_settings(cfg: Config) -> dict[str, Any]:
 
 
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
-    """Bind the search graph for the index version in ``args`` (default: the published one)."""
+    """Bind the search graph for the index version in ``args`` (default: the published one,
+    followed as it changes: the ingress reloads a newly published version without a restart)."""
     args = AppArgs.model_validate(args) if isinstance(args, dict) else args
     cfg = (
         Config.model_validate(args.config)
@@ -65,20 +67,13 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     )
     storage = Storage(cfg.storage, cfg.storage_options)
     manifest = IndexStore(storage).manifest(args.index_version)
-    _, artifact = ModelStore(storage).load(manifest.model_version)
-    n = min(cfg.serve.searchers, len(manifest.shards))
-    groups: list[list[str]] = [[] for _ in range(n)]
-    categories: list[list[str]] = [[] for _ in range(n)]
-    # Largest shards first, each to the least-loaded searcher.
-    load = [0] * n
-    for entry in sorted(manifest.shards, key=lambda e: -e.count):
-        i = load.index(min(load))
-        groups[i].append(entry.name)
-        categories[i].append(entry.category)
-        load[i] += entry.count
+    ModelStore(storage).load(manifest.model_version)  # a missing or damaged model fails here
+    groups = assign_shards(manifest.shards, cfg.serve.searchers)
     storage_args = (cfg.storage, cfg.storage_options)
     searchers = [
-        ShardSearcher.options(name=f"ShardSearcher{i}").bind(*storage_args, manifest.version, g)
+        ShardSearcher.options(name=f"ShardSearcher{i}").bind(
+            *storage_args, manifest.version, [e.name for e in g]
+        )
         for i, g in enumerate(groups)
     ]
     embedder = QueryEmbedder.bind(
@@ -91,16 +86,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     )
     settings = {
         "index_version": manifest.version,
-        "model_version": manifest.model_version,
-        "shards": len(manifest.shards),
-        "catalog_images": manifest.total_count,
-        "categories": categories,
+        # Follow indexes/CURRENT (hot reload) unless a fixed version was asked for.
+        "follow_published": args.index_version is None,
+        "reload_interval_s": cfg.serve.reload_interval_s,
+        "reload_grace_s": cfg.serve.reload_grace_s,
         "shortlist": cfg.index.shortlist,
         "top_k": cfg.serve.top_k,
         "max_upload_bytes": cfg.serve.max_upload_bytes,
         "max_pixels": cfg.index.max_pixels,
-        "max_side": 4 * artifact.spec.input_size,
-        "model_categories": list(artifact.categories),
         "route_mass": cfg.category.route_mass,
         "route_max": cfg.category.route_max,
         "storage_root": cfg.storage,

@@ -9,7 +9,7 @@ ingress (FastAPI, validates) -> QueryEmbedder (serve.batch) -> ShardSearcher x N
 
 import asyncio
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
 from vsearch.imaging import ImageDecodeError, decode_image, sniff_media_type
-from vsearch.index.searcher import Hit, ShardedIndex
+from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
 from vsearch.rank.rerank import Reranker
 from vsearch.rank.routing import images_to_fetch, route_categories
 from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset
@@ -39,28 +39,44 @@ _STATUS_OF_REASON = {"format_not_allowed": 415, "too_large": 413}
 # Enough requests in flight per replica to fill a batch of up to 32.
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class QueryEmbedder:
-    """Embeds decoded query photos with the model version the index was built with."""
+    """Runs the query model of each index version served (the model the index was built with):
+    one batched forward pass gives embedding, subject box and category probabilities."""
 
     def __init__(
         self, storage_root: str, storage_options: dict, model_version: str, batch: dict
     ) -> None:
         torch.set_num_threads(1)
-        store = ModelStore(Storage(storage_root, storage_options))
-        self.embedder = store.load_embedder(model_version)
+        self.store = ModelStore(Storage(storage_root, storage_options))
+        self.embedders = {model_version: self.store.load_embedder(model_version)}
         self.embed_batch.set_max_batch_size(batch["max_batch_size"])
         self.embed_batch.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def embed_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        # One forward pass gives the embedding, the subject box and the category probabilities.
-        pred = self.embedder.predict(images)
-        return [
-            {"embedding": e, "box": b, "category_probs": p}
-            for e, b, p in zip(pred.embeddings, pred.boxes, pred.category_probs, strict=True)
-        ]
+    def load(self, model_version: str) -> None:
+        """Load ``model_version`` beside the ones held (a hot reload to a new index version)."""
+        if model_version not in self.embedders:
+            self.embedders[model_version] = self.store.load_embedder(model_version)
 
-    async def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        return await self.embed_batch(image)
+    def drop(self, keep: list[str]) -> None:
+        """Forget every model version not in ``keep``."""
+        for version in [v for v in self.embedders if v not in keep]:
+            del self.embedders[version]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def embed_batch(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, np.ndarray]]:
+        out: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        for version in {v for _, v in items}:
+            members = [i for i, (_, v) in enumerate(items) if v == version]
+            pred = self.embedders[version].predict([items[i][0] for i in members])
+            for j, i in enumerate(members):
+                out[i] = {
+                    "embedding": pred.embeddings[j],
+                    "box": pred.boxes[j],
+                    "category_probs": pred.category_probs[j],
+                }
+        return out  # type: ignore[return-value]
+
+    async def __call__(self, image: np.ndarray, model_version: str) -> dict[str, np.ndarray]:
+        return await self.embed_batch((image, model_version))
 
     def ping(self) -> bool:
         return True
@@ -68,21 +84,43 @@ class QueryEmbedder:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class ShardSearcher:
-    """Holds some shards of one index version; Hamming shortlist + float rescore over them."""
+    """Holds its group of shards of each index version served (the published one, and during a
+    hot reload the next one too); every answer names the version that gave it."""
 
     def __init__(
         self, storage_root: str, storage_options: dict, index_version: str, shard_names: list[str]
     ) -> None:
-        store = IndexStore(Storage(storage_root, storage_options))
-        manifest = store.manifest(index_version)
+        self.store = IndexStore(Storage(storage_root, storage_options))
+        self.indexes: dict[str, ShardedIndex] = {}
+        self.load(index_version, shard_names)
+
+    def load(self, index_version: str, shard_names: list[str]) -> None:
+        """Load (checksums verified) this searcher's shards of ``index_version``; a damaged file
+        raises, naming it, and nothing of that version is kept."""
+        if index_version in self.indexes:
+            return
+        manifest = self.store.manifest(index_version)
         category = {e.name: e.category for e in manifest.shards}
-        shards = store.load_shards(manifest, shard_names)
-        self.index = ShardedIndex((category[s.name], s) for s in shards)
+        shards = self.store.load_shards(manifest, shard_names)
+        self.indexes[index_version] = ShardedIndex((category[s.name], s) for s in shards)
+
+    def drop(self, keep: list[str]) -> None:
+        """Forget every index version not in ``keep``."""
+        for version in [v for v in self.indexes if v not in keep]:
+            del self.indexes[version]
 
     def search(
-        self, vector: np.ndarray, k: int, shortlist: int | None, categories: list[str] | None
-    ) -> list[Hit]:
-        return self.index.search(vector.reshape(1, -1), k, shortlist, categories)[0]
+        self,
+        index_version: str,
+        vector: np.ndarray,
+        k: int,
+        shortlist: int | None,
+        categories: list[str] | None,
+    ) -> tuple[str, list[Hit]]:
+        index = self.indexes.get(index_version)
+        if index is None:
+            raise LookupError(f"index version {index_version} is not loaded on this searcher")
+        return index_version, index.search(vector.reshape(1, -1), k, shortlist, categories)[0]
 
     def ping(self) -> bool:
         return True
@@ -107,6 +145,39 @@ api = FastAPI(
     title="vsearch",
     description="Visual search: upload a product photo, get the matching catalogue products.",
 )
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One index version as the ingress serves it: its model, how its shards are spread over the
+    searchers, and the categories each searcher holds. A request reads it once, so every call it
+    makes names the same version."""
+
+    index_version: str
+    model_version: str
+    groups: list[list[str]]
+    searcher_categories: list[set[str]]
+    model_categories: list[str]
+    shards: int
+    catalog_images: int
+    max_side: int
+
+    @classmethod
+    def of(cls, storage: Storage, version: str | None, searchers: int) -> "_Served":
+        """The state of ``version`` (None: the published one), manifest and model verified."""
+        manifest = IndexStore(storage).manifest(version)
+        _, artifact = ModelStore(storage).load(manifest.model_version)
+        groups = assign_shards(manifest.shards, searchers)
+        return cls(
+            index_version=manifest.version,
+            model_version=manifest.model_version,
+            groups=[[e.name for e in g] for g in groups],
+            searcher_categories=[{e.category for e in g} for g in groups],
+            model_categories=list(artifact.categories),
+            shards=len(manifest.shards),
+            catalog_images=manifest.total_count,
+            max_side=4 * artifact.spec.input_size,
+        )
 
 
 class _Catalogue:
@@ -151,11 +222,21 @@ class _Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )  # fmt: skip
-        served = Gauge(
+        self.served = Gauge(
             "vsearch_index_info", "The index and model versions this replica serves (value 1)",
             ["index_version", "model_version"], registry=self.registry,
         )  # fmt: skip
-        served.labels(index_version, model_version).set(1)
+        self.served.labels(index_version, model_version).set(1)
+        self.reloads = Counter(
+            "vsearch_index_reloads", "Switches to a newly published index version",
+            registry=self.registry,
+        )  # fmt: skip
+
+    def switch(self, old: "_Served", new: "_Served") -> None:
+        """The replica now serves ``new`` instead of ``old``."""
+        self.served.remove(old.index_version, old.model_version)
+        self.served.labels(new.index_version, new.model_version).set(1)
+        self.reloads.inc()
 
     def error(self, code: int, message: str) -> HTTPException:
         """Count a refused search under the reason that starts ``message`` (the text before
@@ -183,8 +264,8 @@ class SearchIngress:
         self.searchers = searchers
         self.reranker = reranker
         self.settings = settings
-        #: Categories held by each searcher, in the order of ``searchers``.
-        self.searcher_categories: list[set[str]] = [set(c) for c in settings["categories"]]
+        self.storage = Storage(settings["storage_root"], settings["storage_options"])
+        self.served = _Served.of(self.storage, settings["index_version"], len(searchers))
         self.token: str | None = None
         if settings["require_auth"]:
             self.token = load_token(settings["auth_token_env"], settings["auth_token_file"])
@@ -192,10 +273,72 @@ class SearchIngress:
                 raise RuntimeError("auth is required but no API token is set")
         rate = settings["rate_limit_per_s"]
         self.limiter = RateLimiter(rate, settings["rate_limit_burst"]) if rate > 0 else None
-        self.metrics = _Metrics(settings["index_version"], settings["model_version"])
-        self.catalogue = _Catalogue(
-            Storage(settings["storage_root"], settings["storage_options"]),
-            settings["dataset_prefix"],
+        self.metrics = _Metrics(self.served.index_version, self.served.model_version)
+        self.catalogue = _Catalogue(self.storage, settings["dataset_prefix"])
+        #: Why the last published version was refused (None: serving the published one).
+        self.reload_error: str | None = None
+        self._refused: str | None = None
+        self._watcher: asyncio.Task | None = None
+
+    # -- hot reload --------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Start following ``indexes/CURRENT`` (once, from inside the event loop)."""
+        interval = self.settings["reload_interval_s"]
+        if interval > 0 and self.settings["follow_published"] and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._follow(interval))
+
+    async def _follow(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+            except Exception as exc:  # keep following; the reason is kept for /readyz
+                self.reload_error = f"reload check failed: {type(exc).__name__}: {exc}"
+
+    async def reload(self) -> bool:
+        """Switch to the published version if it changed: load its model and shards beside the
+        current ones, then swap in one step (requests already running finish on the old
+        version, which is dropped after ``reload_grace_s``). A version that fails its checks is
+        refused with its reason (``/readyz``, ``/healthz``) and the current one keeps serving.
+        Returns whether it switched."""
+        published = await asyncio.to_thread(IndexStore(self.storage).current)
+        if published in (self.served.index_version, self._refused):
+            return False
+        try:
+            new = await asyncio.to_thread(_Served.of, self.storage, published, len(self.searchers))
+            await self.embedder.load.remote(new.model_version)
+            await asyncio.gather(
+                *(s.load.remote(new.index_version, names)
+                  for s, names in zip(self.searchers, new.groups, strict=True))
+            )  # fmt: skip
+            catalogue = await asyncio.to_thread(
+                _Catalogue, self.storage, self.settings["dataset_prefix"]
+            )
+        except Exception as exc:
+            # A replica's error arrives wrapped in Ray's (with its traceback): keep the cause.
+            cause = getattr(exc, "cause", None) or exc
+            self._refused = published
+            self.reload_error = f"index version {published} refused: {cause}"
+            print(f"vsearch: {self.reload_error}; still serving {self.served.index_version}",
+                  flush=True)  # fmt: skip
+            await self._drop(keep=self.served)
+            return False
+        old, self.served, self.catalogue = self.served, new, catalogue
+        self.reload_error = None
+        self.metrics.switch(old, new)
+        print(f"vsearch: now serving index {new.index_version} (was {old.index_version})",
+              flush=True)  # fmt: skip
+        asyncio.get_running_loop().call_later(
+            self.settings["reload_grace_s"],
+            lambda: asyncio.ensure_future(self._drop(keep=self.served)),
+        )
+        return True
+
+    async def _drop(self, keep: _Served) -> None:
+        await asyncio.gather(
+            self.embedder.drop.remote([keep.model_version]),
+            *(s.drop.remote([keep.index_version]) for s in self.searchers),
+            return_exceptions=True,
         )
 
     def _check_token(self, request: Request, endpoint: str) -> None:
@@ -229,19 +372,24 @@ class SearchIngress:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """Liveness: the ingress answers (it does not call the other deployments)."""
-        s = self.settings
+        self._watch()
+        served = self.served
         return {
             "status": "ok",
-            "index_version": s["index_version"],
-            "model_version": s["model_version"],
-            "shards": s["shards"],
-            "catalog_images": s["catalog_images"],
-            "categories": sorted(set().union(*self.searcher_categories)),
+            "index_version": served.index_version,
+            "model_version": served.model_version,
+            "shards": served.shards,
+            "catalog_images": served.catalog_images,
+            "categories": sorted(set().union(*served.searcher_categories)),
+            "reload_error": self.reload_error,
         }
 
     @api.get("/readyz")
     async def readyz(self) -> Response:
-        """Readiness: the embedder, every searcher and the re-ranker answer within 2 s."""
+        """Readiness: the embedder, every searcher and the re-ranker answer within 2 s. A
+        published version that was refused is reported (``reload_error``) while the one served
+        keeps answering."""
+        self._watch()
         calls = [self.embedder.ping.remote(), self.reranker.ping.remote()]
         calls += [s.ping.remote() for s in self.searchers]
         try:
@@ -250,8 +398,8 @@ class SearchIngress:
             reason = f"{type(exc).__name__}: {exc}".strip()[:300]
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         return JSONResponse(
-            {"ready": True, "index_version": self.settings["index_version"],
-             "searchers": len(self.searchers)}
+            {"ready": True, "index_version": self.served.index_version,
+             "searchers": len(self.searchers), "reload_error": self.reload_error}
         )  # fmt: skip
 
     @api.get("/metrics")
@@ -302,6 +450,8 @@ class SearchIngress:
         categories: str | None = Query(None, description="comma-separated category filter"),
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        self._watch()
+        served = self.served  # one version for the whole request, even if a reload swaps it
         self._check_token(request, "/search")
         self._check_rate(request)
         k = k or self.settings["top_k"]
@@ -312,16 +462,16 @@ class SearchIngress:
         try:
             # Off the event loop: a large decode must not hold up /healthz or other requests.
             image = await asyncio.to_thread(
-                decode_image, data, self.settings["max_pixels"], self.settings["max_side"]
+                decode_image, data, self.settings["max_pixels"], served.max_side
             )
         except ImageDecodeError as exc:
             status = _STATUS_OF_REASON.get(exc.reason, 400)
             raise self.metrics.error(status, f"{exc.reason}: {exc.detail}") from None
         timings["decode"], mark = time.perf_counter() - mark, time.perf_counter()
-        pred = await self.embedder.remote(image)
+        pred = await self.embedder.remote(image, served.model_version)
         timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
         probs = np.asarray(pred["category_probs"])
-        names = self.settings["model_categories"]
+        names = served.model_categories
         if categories:
             wanted: list[str] | None = [c for c in categories.split(",") if c]
             routed_by = "request"
@@ -332,15 +482,20 @@ class SearchIngress:
             routed_by = "model" if wanted is not None else "all"
         targets = [
             s
-            for s, cats in zip(self.searchers, self.searcher_categories, strict=True)
-            if wanted is None or cats.intersection(wanted)
+            for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
+            if cats and (wanted is None or cats.intersection(wanted))
         ]
         shortlist = self.settings["shortlist"]
         per_searcher = images_to_fetch(k)
         vector = pred["embedding"]
-        hit_lists = await asyncio.gather(
-            *(s.search.remote(vector, per_searcher, shortlist, wanted) for s in targets)
-        )
+        answers = await asyncio.gather(
+            *(s.search.remote(served.index_version, vector, per_searcher, shortlist, wanted)
+              for s in targets)
+        )  # fmt: skip
+        versions = {version for version, _ in answers}
+        if versions - {served.index_version}:  # never expected: a searcher answered another
+            raise self.metrics.error(500, f"mixed_versions: {sorted(versions)}")
+        hit_lists = [hits for _, hits in answers]
         timings["search"], mark = time.perf_counter() - mark, time.perf_counter()
         results = await self.reranker.rerank.remote(list(hit_lists), k)
         timings["rerank"] = time.perf_counter() - mark
@@ -350,8 +505,8 @@ class SearchIngress:
         self.metrics.requests.labels("/search", "200").inc()
         top = int(np.argmax(probs)) if probs.size else None
         return {
-            "index_version": self.settings["index_version"],
-            "model_version": self.settings["model_version"],
+            "index_version": served.index_version,
+            "model_version": served.model_version,
             "took_ms": round(timings["total"] * 1000, 3),
             "timings_ms": {stage: round(v * 1000, 3) for stage, v in timings.items()},
             "category": (

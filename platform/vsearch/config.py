@@ -326,6 +326,10 @@ class ServeConfig(_Strict):
     #: Requests one ingress replica holds at once (uploads being read, decodes, searches);
     #: Serve's default of 5 let a few slow uploads stall /healthz.
     ingress_max_ongoing_requests: int = Field(64, ge=1)
+    #: Hot reload: how often the ingress checks ``indexes/CURRENT`` (0: never) and how long an
+    #: old version stays loaded after the switch, for requests still running on it.
+    reload_interval_s: float = Field(5.0, ge=0)
+    reload_grace_s: float = Field(30.0, ge=0)
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
     max_batch_size: int = Field(8, ge=1, le=32)
     batch_wait_timeout_s: float = Field(0.005, ge=0)

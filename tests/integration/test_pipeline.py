@@ -5,6 +5,7 @@ the published index serving."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     cfg = load_config(
         REPO / "configs" / "tiny.yaml",
         # 4 logical CPUs: room for a second copy of the app (the guarded one) beside the first.
-        [f"storage={store}", "serve.max_upload_bytes=300000", "serve.top_k=3", "ray.num_cpus=4"],
+        [
+            f"storage={store}",
+            "serve.max_upload_bytes=300000",
+            "serve.top_k=3",
+            "ray.num_cpus=4",
+            "serve.reload_interval_s=1",
+            "serve.reload_grace_s=2",
+        ],
     )
     with ray_session(cfg.ray):
         prefix = generate.main(cfg)
@@ -229,7 +237,6 @@ def test_a_chunked_upload_over_the_limit_is_refused_before_it_is_read_whole(
 ) -> None:
     import select
     import socket
-    import time
     from urllib.parse import urlparse
 
     url = urlparse(running.url)
@@ -359,3 +366,92 @@ def test_the_web_page_in_a_real_browser(running: Running, tmp_path: Path) -> Non
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+
+
+# Keep these last: they change the published version that the tests above expect.
+
+
+def test_hot_reload_under_a_request_stream(running: Running, tmp_path: Path) -> None:
+    """A delta version published while one client searches without pause: the service switches
+    to it with no failed request, never goes back, and the deleted image is gone after."""
+    import threading
+
+    import requests
+
+    from jobs import index_admin
+    from vsearch.storage import IndexStore, Storage, read_dataset
+
+    storage = Storage(running.cfg.storage)
+    store = IndexStore(storage)
+    before = store.current()
+    row = read_dataset(storage, "datasets/synthetic").catalog.slice(5, 1).to_pylist()[0]
+    photo = storage.read_bytes(row["image_uri"])
+    seen: list[tuple[int, str, list[str]]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            resp = session.post(f"{running.url}/search", params={"k": 3}, data=photo, timeout=60)
+            body = resp.json()
+            seen.append((resp.status_code, body.get("index_version", ""),
+                         [r["image_id"] for r in body.get("results", [])]))  # fmt: skip
+
+    client = threading.Thread(target=stream)
+    client.start()
+    try:
+        time.sleep(1.0)
+        ids = tmp_path / "gone.txt"
+        ids.write_text(row["image_id"] + "\n")
+        published = index_admin.change(running.cfg, ids_file=str(ids))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(v == published.version for _, v, _ in seen):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        client.join(timeout=60)
+    assert [c for c, _, _ in seen if c != 200] == []
+    versions = [v for _, v, _ in seen]
+    switch = versions.index(published.version)
+    assert switch > 0 and set(versions[:switch]) == {before}
+    assert set(versions[switch:]) == {published.version}  # never back to the old one
+    assert row["image_id"] in seen[0][2]
+    assert all(row["image_id"] not in found for _, _, found in seen[switch:])
+    print(f"{len(seen)} searches, switched after {switch}")
+
+
+def test_a_damaged_version_is_refused_and_the_served_one_kept(running: Running) -> None:
+    import requests
+
+    from vsearch.storage import IndexStore, Storage
+
+    storage = Storage(running.cfg.storage)
+    store = IndexStore(storage)
+    good = store.manifest()
+    bad = good.model_copy(update={"version": good.version + "-damaged"})
+    for entry in good.shards:  # copy the shard files the good version reads into the new one
+        src = f"indexes/{entry.folder(good.version)}/shards/{entry.name}"
+        for name in entry.files:
+            storage.write_bytes(f"indexes/{bad.version}/shards/{entry.name}/{name}",
+                                storage.read_bytes(f"{src}/{name}"))  # fmt: skip
+    bad = bad.model_copy(
+        update={"shards": [e.model_copy(update={"location": None}) for e in good.shards]}
+    )
+    victim = f"indexes/{bad.version}/shards/{bad.shards[0].name}/vectors.npy"
+    data = bytearray(storage.read_bytes(victim))
+    data[-1] ^= 0xFF
+    storage.write_bytes(victim, bytes(data))
+    store.publish(bad)
+    deadline = time.monotonic() + 30
+    ready: dict = {}
+    while time.monotonic() < deadline:
+        ready = requests.get(f"{running.url}/readyz", timeout=30).json()
+        if ready.get("reload_error"):
+            break
+        time.sleep(0.3)
+    assert ready["ready"] is True and ready["index_version"] == good.version
+    assert bad.version in ready["reload_error"] and "vectors.npy" in ready["reload_error"]
+    data_q, _ = _query_bytes(running.cfg)
+    resp = requests.post(f"{running.url}/search", data=data_q, timeout=60)
+    assert resp.status_code == 200 and resp.json()["index_version"] == good.version

@@ -360,3 +360,18 @@ def test_sharded_index_category_filter_and_padding() -> None:
     scores = [h.score for h in hits[0]]
     assert scores == sorted(scores, reverse=True)
     assert ShardedIndex([]).search(q[:2], 3, 3) == [[], []]
+
+
+def test_shards_are_spread_over_searchers_by_size() -> None:
+    from vsearch.index.searcher import assign_shards
+
+    def entry(name: str, count: int, deleted: int = 0) -> ShardEntry:
+        return ShardEntry(name=name, category="c", bucket=0, count=count, files={},
+                          deleted_rows=list(range(deleted)))  # fmt: skip
+
+    entries = [entry("a", 10), entry("b", 50), entry("c", 30), entry("d", 30, deleted=25)]
+    groups = assign_shards(entries, 2)
+    assert [[e.name for e in g] for g in groups] == [["b"], ["c", "a", "d"]]
+    assert [len(g) for g in assign_shards(entries[:1], 3)] == [1, 0, 0]
+    with pytest.raises(ValueError):
+        assign_shards(entries, 0)

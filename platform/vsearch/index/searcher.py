@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch.index.builder import BuiltShard
+from vsearch.index.manifest import ShardEntry
 from vsearch.index.shard import META_COLUMNS, ShardIndex
 
 
@@ -158,3 +159,19 @@ def _to_hits(
                 shard=shard.name,
             )
     return [[h for h in row if h is not None] for row in slots]
+
+
+def assign_shards(entries: Sequence[ShardEntry], searchers: int) -> list[list[ShardEntry]]:
+    """Spread shards over ``searchers`` groups for the service: largest first (by searchable
+    rows), each to the least-loaded group; always ``searchers`` groups, some possibly empty.
+    The service applies it to every version it loads, so a new version may regroup shards."""
+    if searchers < 1:
+        raise ValueError(f"searchers must be >= 1, got {searchers}")
+    groups: list[list[ShardEntry]] = [[] for _ in range(searchers)]
+    load = [0] * searchers
+    live = [(e.count - len(e.deleted_rows), e) for e in entries]
+    for rows, entry in sorted(live, key=lambda t: (-t[0], t[1].name)):
+        i = load.index(min(load))
+        groups[i].append(entry)
+        load[i] += rows
+    return groups
