@@ -5,6 +5,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vsearch.augment import (
@@ -153,3 +155,70 @@ def test_random_backgrounds_are_cluttered_and_seeded() -> None:
 def test_unknown_augment_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="mode"):
         RandomAugment(mode="fancy")
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid PNG header for a ``side`` x ``side`` grey image whose pixel data is a short run of
+    zeros: a few hundred bytes that would decode to ``side**2`` bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (side + 1) * 64, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [10_000, 60_000])  # past our limit; past Pillow's too
+def test_a_decompression_bomb_is_refused_from_its_header_quickly(side: int) -> None:
+    import time
+
+    bomb = _png_bomb(side)
+    assert len(bomb) < 20_000
+    started = time.perf_counter()
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(bomb, max_pixels=40_000_000)
+    took = time.perf_counter() - started
+    assert err.value.reason == "too_large" and "exceeds" in err.value.detail
+    assert took < 0.05, f"took {took * 1000:.1f} ms"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2048))
+def test_arbitrary_bytes_decode_or_fail_with_a_reason(data: bytes) -> None:
+    # What the service turns into a 4xx: never another exception type (which would be a 5xx).
+    try:
+        image = decode_image(data, max_pixels=1_000_000)
+    except ImageDecodeError as exc:
+        assert exc.reason in {"empty", "not_an_image", "format_not_allowed", "too_large", "corrupt"}
+    else:
+        assert image.ndim == 3 and image.shape[2] == 3
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_PNG = _small_png()
+
+
+@settings(max_examples=100, deadline=None)
+@given(cut=st.integers(0, 7000), flips=st.lists(st.integers(0, 6999), max_size=8))
+def test_damaged_real_images_fail_with_a_reason(cut: int, flips: list[int]) -> None:
+    data = bytearray(_PNG[: max(1, cut)])
+    for i in flips:
+        if i < len(data):
+            data[i] ^= 0x5A
+    try:
+        decode_image(bytes(data), max_pixels=1_000_000)
+    except ImageDecodeError as exc:
+        assert exc.reason in {"empty", "not_an_image", "format_not_allowed", "too_large", "corrupt"}
