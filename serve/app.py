@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from serve.deployments import QueryEmbedder, ResultReranker, SearchIngress, ShardSearcher
+from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs, StorageArgs
 from vsearch.config import Config, load_config
 from vsearch.guards import is_loopback, load_token
 from vsearch.index.searcher import assign_shards
@@ -56,6 +58,14 @@ def auth_settings(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _config_file(path: str | None) -> str | None:
+    """A relative config path as given when it exists from here, else from the project folder
+    (a Serve replica's working directory is not the project's)."""
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    return str(Path(__file__).resolve().parents[1] / path)
+
+
 def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """Bind the search graph for the index version in ``args`` (default: the published one,
     followed as it changes: the ingress reloads a newly published version without a restart)."""
@@ -63,48 +73,49 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     cfg = (
         Config.model_validate(args.config)
         if args.config is not None
-        else load_config(args.config_path, args.overrides)
+        else load_config(_config_file(args.config_path), args.overrides)
     )
     storage = Storage(cfg.storage, cfg.storage_options)
     manifest = IndexStore(storage).manifest(args.index_version)
     ModelStore(storage).load(manifest.model_version)  # a missing or damaged model fails here
     groups = assign_shards(manifest.shards, cfg.serve.searchers)
-    storage_args = (cfg.storage, cfg.storage_options)
+    where = StorageArgs(root=cfg.storage, options=cfg.storage_options)
     searchers = [
         ShardSearcher.options(name=f"ShardSearcher{i}").bind(
-            *storage_args, manifest.version, [e.name for e in g]
+            SearcherArgs(
+                storage=where, index_version=manifest.version, shard_names=[e.name for e in g]
+            )
         )
         for i, g in enumerate(groups)
     ]
     embedder = QueryEmbedder.bind(
-        *storage_args,
-        manifest.model_version,
-        {
-            "max_batch_size": cfg.serve.max_batch_size,
-            "batch_wait_timeout_s": cfg.serve.batch_wait_timeout_s,
-        },
+        EmbedderArgs(
+            storage=where,
+            model_version=manifest.model_version,
+            max_batch_size=cfg.serve.max_batch_size,
+            batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
+        )
     )
-    settings = {
-        "index_version": manifest.version,
+    settings = IngressArgs(
+        storage=where,
+        dataset_prefix=dataset_prefix(cfg),
+        index_version=manifest.version,
         # Follow indexes/CURRENT (hot reload) unless a fixed version was asked for.
-        "follow_published": args.index_version is None,
-        "reload_interval_s": cfg.serve.reload_interval_s,
-        "reload_grace_s": cfg.serve.reload_grace_s,
-        "shortlist": cfg.index.shortlist,
-        "top_k": cfg.serve.top_k,
-        "max_upload_bytes": cfg.serve.max_upload_bytes,
-        "max_pixels": cfg.index.max_pixels,
-        "route_mass": cfg.category.route_mass,
-        "route_max": cfg.category.route_max,
-        "storage_root": cfg.storage,
-        "storage_options": cfg.storage_options,
-        "dataset_prefix": dataset_prefix(cfg),
-        "rate_limit_per_s": cfg.serve.rate_limit_per_s,
-        "rate_limit_burst": cfg.serve.rate_limit_burst,
+        follow_published=args.index_version is None,
+        reload_interval_s=cfg.serve.reload_interval_s,
+        reload_grace_s=cfg.serve.reload_grace_s,
+        shortlist=cfg.index.shortlist,
+        top_k=cfg.serve.top_k,
+        max_upload_bytes=cfg.serve.max_upload_bytes,
+        max_pixels=cfg.index.max_pixels,
+        route_mass=cfg.category.route_mass,
+        route_max=cfg.category.route_max,
+        rate_limit_per_s=cfg.serve.rate_limit_per_s,
+        rate_limit_burst=cfg.serve.rate_limit_burst,
         **auth_settings(cfg),
-    }
+    )
     ingress = SearchIngress.options(max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests)
-    return ingress.bind(embedder, searchers, ResultReranker.bind(), settings)
+    return ingress.bind(embedder, searchers, ResultReranker.bind(RerankerArgs()), settings)
 
 
 @contextmanager

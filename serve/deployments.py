@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
 from vsearch.imaging import ImageDecodeError, decode_image, sniff_media_type
 from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
@@ -42,14 +43,12 @@ class QueryEmbedder:
     """Runs the query model of each index version served (the model the index was built with):
     one batched forward pass gives embedding, subject box and category probabilities."""
 
-    def __init__(
-        self, storage_root: str, storage_options: dict, model_version: str, batch: dict
-    ) -> None:
+    def __init__(self, args: EmbedderArgs) -> None:
         torch.set_num_threads(1)
-        self.store = ModelStore(Storage(storage_root, storage_options))
-        self.embedders = {model_version: self.store.load_embedder(model_version)}
-        self.embed_batch.set_max_batch_size(batch["max_batch_size"])
-        self.embed_batch.set_batch_wait_timeout_s(batch["batch_wait_timeout_s"])
+        self.store = ModelStore(Storage(args.storage.root, args.storage.options))
+        self.embedders = {args.model_version: self.store.load_embedder(args.model_version)}
+        self.embed_batch.set_max_batch_size(args.max_batch_size)
+        self.embed_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def load(self, model_version: str) -> None:
         """Load ``model_version`` beside the ones held (a hot reload to a new index version)."""
@@ -87,12 +86,10 @@ class ShardSearcher:
     """Holds its group of shards of each index version served (the published one, and during a
     hot reload the next one too); every answer names the version that gave it."""
 
-    def __init__(
-        self, storage_root: str, storage_options: dict, index_version: str, shard_names: list[str]
-    ) -> None:
-        self.store = IndexStore(Storage(storage_root, storage_options))
+    def __init__(self, args: SearcherArgs) -> None:
+        self.store = IndexStore(Storage(args.storage.root, args.storage.options))
         self.indexes: dict[str, ShardedIndex] = {}
-        self.load(index_version, shard_names)
+        self.load(args.index_version, args.shard_names)
 
     def load(self, index_version: str, shard_names: list[str]) -> None:
         """Load (checksums verified) this searcher's shards of ``index_version``; a damaged file
@@ -130,8 +127,9 @@ class ShardSearcher:
 class ResultReranker:
     """Merges the searchers' hits and ranks products (similarity, quality, one per product)."""
 
-    def __init__(self, quality_weight: float = 0.0, popularity_weight: float = 0.0) -> None:
-        self.reranker = Reranker(quality_weight, popularity_weight)
+    def __init__(self, args: RerankerArgs | None = None) -> None:
+        args = args or RerankerArgs()
+        self.reranker = Reranker(args.quality_weight, args.popularity_weight)
 
     def rerank(self, hit_lists: list[list[Hit]], k: int) -> list[dict[str, Any]]:
         hits = [h for hits in hit_lists for h in hits]
@@ -258,23 +256,23 @@ class SearchIngress:
         embedder: DeploymentHandle,
         searchers: list[DeploymentHandle],
         reranker: DeploymentHandle,
-        settings: dict[str, Any],
+        args: IngressArgs,
     ) -> None:
         self.embedder = embedder
         self.searchers = searchers
         self.reranker = reranker
-        self.settings = settings
-        self.storage = Storage(settings["storage_root"], settings["storage_options"])
-        self.served = _Served.of(self.storage, settings["index_version"], len(searchers))
+        self.args = args
+        self.storage = Storage(args.storage.root, args.storage.options)
+        self.served = _Served.of(self.storage, args.index_version, len(searchers))
         self.token: str | None = None
-        if settings["require_auth"]:
-            self.token = load_token(settings["auth_token_env"], settings["auth_token_file"])
+        if args.require_auth:
+            self.token = load_token(args.auth_token_env, args.auth_token_file)
             if self.token is None:
                 raise RuntimeError("auth is required but no API token is set")
-        rate = settings["rate_limit_per_s"]
-        self.limiter = RateLimiter(rate, settings["rate_limit_burst"]) if rate > 0 else None
+        rate = args.rate_limit_per_s
+        self.limiter = RateLimiter(rate, args.rate_limit_burst) if rate > 0 else None
         self.metrics = _Metrics(self.served.index_version, self.served.model_version)
-        self.catalogue = _Catalogue(self.storage, settings["dataset_prefix"])
+        self.catalogue = _Catalogue(self.storage, args.dataset_prefix)
         #: Why the last published version was refused (None: serving the published one).
         self.reload_error: str | None = None
         self._refused: str | None = None
@@ -283,8 +281,8 @@ class SearchIngress:
     # -- hot reload --------------------------------------------------------------------------
     def _watch(self) -> None:
         """Start following ``indexes/CURRENT`` (once, from inside the event loop)."""
-        interval = self.settings["reload_interval_s"]
-        if interval > 0 and self.settings["follow_published"] and self._watcher is None:
+        interval = self.args.reload_interval_s
+        if interval > 0 and self.args.follow_published and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._follow(interval))
 
     async def _follow(self, interval: float) -> None:
@@ -311,9 +309,7 @@ class SearchIngress:
                 *(s.load.remote(new.index_version, names)
                   for s, names in zip(self.searchers, new.groups, strict=True))
             )  # fmt: skip
-            catalogue = await asyncio.to_thread(
-                _Catalogue, self.storage, self.settings["dataset_prefix"]
-            )
+            catalogue = await asyncio.to_thread(_Catalogue, self.storage, self.args.dataset_prefix)
         except Exception as exc:
             # A replica's error arrives wrapped in Ray's (with its traceback): keep the cause.
             cause = getattr(exc, "cause", None) or exc
@@ -329,7 +325,7 @@ class SearchIngress:
         print(f"vsearch: now serving index {new.index_version} (was {old.index_version})",
               flush=True)  # fmt: skip
         asyncio.get_running_loop().call_later(
-            self.settings["reload_grace_s"],
+            self.args.reload_grace_s,
             lambda: asyncio.ensure_future(self._drop(keep=self.served)),
         )
         return True
@@ -409,7 +405,7 @@ class SearchIngress:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _read_upload(self, request: Request) -> bytes:
-        limit = self.settings["max_upload_bytes"]
+        limit = self.args.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + 4096:
             raise self.metrics.error(
@@ -454,7 +450,7 @@ class SearchIngress:
         served = self.served  # one version for the whole request, even if a reload swaps it
         self._check_token(request, "/search")
         self._check_rate(request)
-        k = k or self.settings["top_k"]
+        k = k or self.args.top_k
         timings: dict[str, float] = {}
         mark = started
         data = await self._read_upload(request)
@@ -462,7 +458,7 @@ class SearchIngress:
         try:
             # Off the event loop: a large decode must not hold up /healthz or other requests.
             image = await asyncio.to_thread(
-                decode_image, data, self.settings["max_pixels"], served.max_side
+                decode_image, data, self.args.max_pixels, served.max_side
             )
         except ImageDecodeError as exc:
             status = _STATUS_OF_REASON.get(exc.reason, 400)
@@ -476,16 +472,14 @@ class SearchIngress:
             wanted: list[str] | None = [c for c in categories.split(",") if c]
             routed_by = "request"
         else:
-            wanted = route_categories(
-                probs, names, self.settings["route_mass"], self.settings["route_max"]
-            )
+            wanted = route_categories(probs, names, self.args.route_mass, self.args.route_max)
             routed_by = "model" if wanted is not None else "all"
         targets = [
             s
             for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
             if cats and (wanted is None or cats.intersection(wanted))
         ]
-        shortlist = self.settings["shortlist"]
+        shortlist = self.args.shortlist
         per_searcher = images_to_fetch(k)
         vector = pred["embedding"]
         answers = await asyncio.gather(

@@ -21,6 +21,24 @@ def test_serve_config_args_are_valid() -> None:
     load_config(REPO / args.config_path, args.overrides)
 
 
+def test_serve_config_is_a_valid_serve_deploy_file_for_this_graph() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    conf = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(conf)
+    assert schema.http_options.request_timeout_s and schema.http_options.request_timeout_s > 0
+    (app,) = conf["applications"]
+    cfg = load_config(REPO / app["args"]["config_path"], app["args"]["overrides"])
+    graph = {"SearchIngress", "QueryEmbedder", "ResultReranker"}
+    graph |= {f"ShardSearcher{i}" for i in range(cfg.serve.searchers)}
+    named = {d["name"] for d in app["deployments"]}
+    assert named == graph, f"config names {sorted(named)}, the graph has {sorted(graph)}"
+    for deployment in app["deployments"]:
+        scaling = deployment["autoscaling_config"]
+        assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+        assert deployment["max_queued_requests"] > 0
+
+
 def test_cluster_yaml_has_launcher_sections() -> None:
     conf = yaml.safe_load((REPO / "cluster.yaml").read_text())
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type"):
