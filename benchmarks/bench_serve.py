@@ -35,12 +35,13 @@ import requests
 from PIL import Image
 
 from serve.app import running_service
-from vsearch.config import load_config
+from vsearch.config import Config, load_config
 from vsearch.imaging import decode_image
 from vsearch.index.builder import build_shards
 from vsearch.index.searcher import ShardedIndex
 from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
+from vsearch.models.embedder import Embedder
 from vsearch.rank.rerank import Reranker
 from vsearch.rank.routing import images_to_fetch, route_categories
 from vsearch.runtime.cluster import ray_session
@@ -148,6 +149,29 @@ def _healthz_under_stress(url: str, seconds: float) -> dict:
             "max_ms": 1000 * max(latencies), "big_png_bytes": len(big)}  # fmt: skip
 
 
+def publish_synthetic_index(cfg: Config, n: int) -> tuple[list, Embedder]:
+    """Publish an index of ``n`` random catalogue vectors in 6 category shards on
+    ``cfg.storage``, with the untrained ``cfg.model`` as its query model."""
+    storage = Storage(cfg.storage)
+    model = initial_artifact(cfg.model, CATEGORIES)
+    model_version = ModelStore(storage).save(model)
+    embedder = model.embedder()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n, embedder.dim)).astype(np.float32)
+    ids = np.arange(n).astype(str)
+    meta = pa.table({
+        "image_id": ids, "product_id": np.char.add("p", (np.arange(n) // 3).astype(str)),
+        "category": np.asarray(CATEGORIES)[np.arange(n) % 6], "title": np.full(n, ""),
+        "quality": np.ones(n, np.float32), "popularity": np.zeros(n, np.float32),
+    })  # fmt: skip
+    print(f"building {n} vectors ...", flush=True)
+    built = build_shards(vectors, meta, 1, tuning_spec(cfg.index), cfg.index.ivf_above,
+                         cfg.index.large_engine, cfg.index.rescore_dtype)  # fmt: skip
+    store = IndexStore(storage)
+    store.publish(store.write_version("i-bench", built, model_version, embedder.dim, {}))
+    return built, embedder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
@@ -162,23 +186,7 @@ def main() -> None:
             f"storage={tmp}", f"model.arch={args.arch}", "serve.rate_limit_per_s=0",
             "serve.reload_interval_s=0", "ray.num_cpus=2",
         ])  # fmt: skip
-        storage = Storage(cfg.storage)
-        model = initial_artifact(cfg.model, CATEGORIES)
-        model_version = ModelStore(storage).save(model)
-        embedder = model.embedder()
-        rng = np.random.default_rng(0)
-        vectors = rng.normal(size=(args.n, embedder.dim)).astype(np.float32)
-        ids = np.arange(args.n).astype(str)
-        meta = pa.table({
-            "image_id": ids, "product_id": np.char.add("p", (np.arange(args.n) // 3).astype(str)),
-            "category": np.asarray(CATEGORIES)[np.arange(args.n) % 6], "title": np.full(args.n, ""),
-            "quality": np.ones(args.n, np.float32), "popularity": np.zeros(args.n, np.float32),
-        })  # fmt: skip
-        print(f"building {args.n} vectors ...", flush=True)
-        built = build_shards(vectors, meta, 1, tuning_spec(cfg.index), cfg.index.ivf_above,
-                             cfg.index.large_engine, cfg.index.rescore_dtype)  # fmt: skip
-        store = IndexStore(storage)
-        store.publish(store.write_version("i-bench", built, model_version, embedder.dim, {}))
+        built, embedder = publish_synthetic_index(cfg, args.n)
         photos = _photos(16)
 
         # The same pipeline in one process, one query at a time.

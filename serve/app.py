@@ -6,7 +6,7 @@ call it directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,17 +78,18 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     storage = Storage(cfg.storage, cfg.storage_options)
     manifest = IndexStore(storage).manifest(args.index_version)
     ModelStore(storage).load(manifest.model_version)  # a missing or damaged model fails here
+    scale = _scaling(cfg)
     groups = assign_shards(manifest.shards, cfg.serve.searchers)
     where = StorageArgs(root=cfg.storage, options=cfg.storage_options)
     searchers = [
-        ShardSearcher.options(name=f"ShardSearcher{i}").bind(
+        ShardSearcher.options(name=f"ShardSearcher{i}", **scale(4)).bind(
             SearcherArgs(
                 storage=where, index_version=manifest.version, shard_names=[e.name for e in g]
             )
         )
         for i, g in enumerate(groups)
     ]
-    embedder = QueryEmbedder.bind(
+    embedder = QueryEmbedder.options(**scale(8)).bind(
         EmbedderArgs(
             storage=where,
             model_version=manifest.model_version,
@@ -114,8 +115,31 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         rate_limit_burst=cfg.serve.rate_limit_burst,
         **auth_settings(cfg),
     )
-    ingress = SearchIngress.options(max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests)
-    return ingress.bind(embedder, searchers, ResultReranker.bind(RerankerArgs()), settings)
+    ingress = SearchIngress.options(
+        max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests, **scale(32)
+    )
+    reranker = ResultReranker.options(**scale(16)).bind(RerankerArgs())
+    return ingress.bind(embedder, searchers, reranker, settings)
+
+
+def _scaling(cfg: Config) -> Callable[[float], dict[str, Any]]:
+    """Deployment options for ``serve.max_replicas``: none for one replica, else an
+    ``autoscaling_config`` aiming at ``target`` requests in flight per replica."""
+
+    def options(target: float) -> dict[str, Any]:
+        if cfg.serve.max_replicas <= 1:
+            return {}
+        return {
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": cfg.serve.max_replicas,
+                "target_ongoing_requests": target,
+                "upscale_delay_s": cfg.serve.upscale_delay_s,
+                "downscale_delay_s": cfg.serve.downscale_delay_s,
+            }
+        }
+
+    return options
 
 
 @contextmanager

@@ -326,6 +326,12 @@ class ServeConfig(_Strict):
     #: Requests one ingress replica holds at once (uploads being read, decodes, searches);
     #: Serve's default of 5 let a few slow uploads stall /healthz.
     ingress_max_ongoing_requests: int = Field(64, ge=1)
+    #: Replica autoscaling of every deployment of the graph: 1 keeps one replica each; N > 1
+    #: lets Serve run 1..N replicas of each, following the requests in flight, adding them
+    #: after ``upscale_delay_s`` of load and removing them after ``downscale_delay_s`` idle.
+    max_replicas: int = Field(1, ge=1)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
     #: Hot reload: how often the ingress checks ``indexes/CURRENT`` (0: never) and how long an
     #: old version stays loaded after the switch, for requests still running on it.
     reload_interval_s: float = Field(5.0, ge=0)
