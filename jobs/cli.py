@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import yaml
 from pydantic import ValidationError
 
 from vsearch.config import Config, load_config
@@ -47,10 +49,33 @@ def _serve(cfg: Config) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
+    import requests
+
     from serve.client import SearchClient
 
-    resp = SearchClient(args.url).search(Path(args.image).read_bytes(), k=args.k)
-    body = resp.json()
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as exc:
+        print(f"vsearch search: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        resp = SearchClient(args.url).search(data, k=args.k)
+    except requests.ConnectionError:
+        print(
+            f"vsearch search: cannot reach {args.url}: is `vsearch serve` running there?",
+            file=sys.stderr,
+        )
+        return 1
+    except requests.Timeout:
+        print(f"vsearch search: {args.url} did not answer in time", file=sys.stderr)
+        return 1
+    try:
+        body = resp.json()
+    except ValueError:
+        print(
+            f"vsearch search: HTTP {resp.status_code} from {args.url} (not JSON)", file=sys.stderr
+        )
+        return 1
     if resp.status_code != 200:
         print(f"HTTP {resp.status_code}: {body.get('detail')}", file=sys.stderr)
         return 1
@@ -110,15 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"YAML syntax error{where}: {problem}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. Errors an operator can act on (a bad config, a missing file or index,
+    an unreachable service) end in one line on stderr and a non-zero exit; set
+    ``VSEARCH_DEBUG=1`` for the traceback."""
     args = build_parser().parse_args(argv)
     if args.command == "search":
         return _search(args)
     try:
         cfg = _config(args)
+    except yaml.YAMLError as exc:
+        print(f"vsearch: bad configuration: {args.config}: {_yaml_problem(exc)}", file=sys.stderr)
+        return 2
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"vsearch: bad configuration: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run(cfg, args)
+    except (FileNotFoundError, ValueError, PermissionError, ConnectionError) as exc:
+        if os.environ.get("VSEARCH_DEBUG"):
+            raise
+        print(f"vsearch {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(cfg: Config, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from jobs import demo
 
@@ -154,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "index":
         return _index(cfg, args)
     elif args.command == "serve":
-        try:
-            _serve(cfg)
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"vsearch serve: {exc}", file=sys.stderr)
-            return 1
+        _serve(cfg)
     return 0
 
 

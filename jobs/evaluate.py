@@ -120,10 +120,10 @@ def main(
     published one (its catalogue vectors are embedded here; e.g. the demo's from-scratch CNN).
     """
     storage = storage_of(cfg)
+    store = IndexStore(storage)
+    manifest = store.manifest(version)  # first: on empty storage, fail before writing anything
     ds = load_dataset(cfg)
     queries = ds.queries_of(cfg.data.eval_split)
-    store = IndexStore(storage)
-    manifest = store.manifest(version)
     shards = store.load_shards(manifest)
     # What the version serves: tombstoned rows of a delta version are left out.
     live = [s.live_rows() for s in shards]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobs.cli import build_parser, main
@@ -29,3 +31,34 @@ def test_bad_configuration_exits_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("vsearch: bad configuration:") and message in err
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("storage: var\ndata: [unclosed\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "YAML syntax error at line 3" in err
+
+
+def test_search_without_a_server_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vsearch.runtime.cluster import free_port
+
+    image = tmp_path / "q.jpg"
+    image.write_bytes(b"x")
+    assert main(["search", "--url", f"http://127.0.0.1:{free_port()}", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach" in err and "vsearch serve" in err
+    assert main(["search", "--url", "http://127.0.0.1:9", str(tmp_path / "none.jpg")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_evaluate_on_empty_storage_fails_before_writing(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "empty"
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    assert main(["evaluate", "--config", str(tiny), "--set", f"storage={store}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vsearch reindex" in err
+    assert not store.exists()
