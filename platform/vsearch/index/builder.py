@@ -80,6 +80,34 @@ class BuiltShard:
         return entry, files
 
 
+def shard_groups(meta: pa.Table, buckets_per_category: int) -> list[tuple[str, int, np.ndarray]]:
+    """``(category, bucket, rows)`` of every non-empty shard, sorted by (category, bucket), rows
+    in input order: each row's bucket is :func:`bucket_of` its image id. The one grouping the
+    builder, the reindex's staging and delta updates share."""
+    if buckets_per_category < 1:
+        raise ValueError(f"buckets_per_category must be >= 1, got {buckets_per_category}")
+    for col in ("image_id", "category"):
+        if col not in meta.column_names:
+            raise ValueError(f"meta is missing column {col!r}")
+        if meta.column(col).null_count:
+            raise ValueError(f"meta column {col!r} has nulls")
+    categories = np.asarray(meta.column("category").to_pylist(), dtype=object)
+    buckets = np.fromiter(
+        (bucket_of(i, buckets_per_category) for i in meta.column("image_id").to_pylist()),
+        dtype=np.int64,
+        count=meta.num_rows,
+    )
+    cat_names, cat_codes = np.unique(categories.astype(str), return_inverse=True)
+    key = cat_codes.astype(np.int64) * buckets_per_category + buckets
+    order = np.argsort(key, kind="stable")
+    uniq, starts = np.unique(key[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    return [
+        (str(cat_names[k // buckets_per_category]), int(k % buckets_per_category), order[lo:hi])
+        for k, lo, hi in zip(uniq, starts, ends, strict=True)
+    ]
+
+
 def build_shard(
     category: str,
     bucket: int,
@@ -117,34 +145,13 @@ def build_shards(
     least image_id, product_id, category, title, quality, popularity. Empty buckets get no shard.
     Returns shards sorted by (category, bucket); rows keep their input order within a shard.
     """
-    if buckets_per_category < 1:
-        raise ValueError(f"buckets_per_category must be >= 1, got {buckets_per_category}")
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] != meta.num_rows:
         raise ValueError(
             f"vectors {vectors.shape} and meta ({meta.num_rows} rows) must have equal row counts"
         )
-    for col in ("image_id", "category"):
-        if col not in meta.column_names:
-            raise ValueError(f"meta is missing column {col!r}")
-        if meta.column(col).null_count:
-            raise ValueError(f"meta column {col!r} has nulls")
-    categories = np.asarray(meta.column("category").to_pylist(), dtype=object)
-    buckets = np.fromiter(
-        (bucket_of(i, buckets_per_category) for i in meta.column("image_id").to_pylist()),
-        dtype=np.int64,
-        count=meta.num_rows,
-    )
-    cat_names, cat_codes = np.unique(categories.astype(str), return_inverse=True)
-    key = cat_codes.astype(np.int64) * buckets_per_category + buckets
-    order = np.argsort(key, kind="stable")
-    uniq, starts = np.unique(key[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
     shards: list[BuiltShard] = []
-    for k, lo, hi in zip(uniq, starts, ends, strict=True):
-        rows = order[lo:hi]
-        category = str(cat_names[k // buckets_per_category])
-        bucket = int(k % buckets_per_category)
+    for category, bucket, rows in shard_groups(meta, buckets_per_category):
         shards.append(
             build_shard(category, bucket, vectors[rows], meta.take(pa.array(rows)), tuning,
                         ivf_above, large_engine, rescore_dtype)

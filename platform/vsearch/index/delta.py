@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from vsearch.index.builder import BuiltShard, bucket_of, shard_name
+from vsearch.index.builder import BuiltShard, shard_groups, shard_name
 from vsearch.index.manifest import Manifest, ShardEntry
 from vsearch.index.shard import META_COLUMNS, ShardIndex
 from vsearch.index.tuning import TuningSpec, tune_search
@@ -115,15 +114,10 @@ def plan_delta(
         )
     if add_meta.num_rows:
         meta = add_meta.select(list(META_COLUMNS))
-        cats = meta.column("category").to_pylist()
-        buckets = [bucket_of(i, buckets_per_category) for i in added_ids]
-        for key in sorted(set(zip(cats, buckets, strict=True))):
-            mask = pc.and_(
-                pc.equal(meta.column("category"), key[0]),
-                pa.array([b == key[1] for b in buckets]),
+        for category, bucket, rows in shard_groups(meta, buckets_per_category):
+            pooled.setdefault((category, bucket), []).append(
+                (add_vectors[rows], meta.take(pa.array(rows)))
             )
-            rows = np.flatnonzero(np.asarray(mask.to_pylist(), dtype=bool))
-            pooled.setdefault(key, []).append((add_vectors[rows], meta.take(pa.array(rows))))
     deltas = []
     for (category, bucket), parts in sorted(pooled.items()):
         vectors = np.concatenate([v for v, _ in parts])

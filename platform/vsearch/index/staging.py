@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vsearch.index.builder import bucket_of, shard_name
+from vsearch.index.builder import shard_groups, shard_name
 from vsearch.index.shard import META_COLUMNS
 
 __all__ = ["decode_staged", "encode_staged", "stage_groups"]
@@ -50,12 +50,11 @@ def stage_groups(
 ) -> dict[str, tuple[str, int, pa.Table]]:
     """Split rows by shard: ``{shard name: (category, bucket, staged table)}`` with the bucket
     of each image id as :func:`~vsearch.index.builder.build_shards` assigns it."""
-    cats = [str(c) for c in meta.column("category").to_pylist()]
-    ids = [str(i) for i in meta.column("image_id").to_pylist()]
-    keys = [(c, bucket_of(i, buckets_per_category)) for c, i in zip(cats, ids, strict=True)]
-    groups: dict[str, tuple[str, int, pa.Table]] = {}
-    for key in sorted(set(keys)):
-        rows = np.flatnonzero(np.asarray([k == key for k in keys], dtype=bool))
-        staged = encode_staged(vectors[rows], meta.take(pa.array(rows)))
-        groups[shard_name(*key)] = (key[0], key[1], staged)
-    return groups
+    return {
+        shard_name(category, bucket): (
+            category,
+            bucket,
+            encode_staged(vectors[rows], meta.take(pa.array(rows))),
+        )
+        for category, bucket, rows in shard_groups(meta, buckets_per_category)
+    }
