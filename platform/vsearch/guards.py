@@ -65,7 +65,8 @@ def load_token(env_var: str, file: str | None) -> str | None:
         path = Path(file)
         if not path.exists():
             raise FileNotFoundError(f"serve.auth_token_file {file} does not exist")
-        value = path.read_text().splitlines()[0] if path.read_text() else ""
+        lines = path.read_text().splitlines()
+        value = lines[0] if lines else ""
     if value is None:
         return None
     value = value.strip()

@@ -115,6 +115,7 @@ class ShardIndex:
         self._codec = BinaryCodec(vectors.shape[1])
         #: Rows deleted since the shard was built (tombstones), as a mask; None: none.
         self._deleted: np.ndarray | None = None
+        self._tombstones = 0
 
     @classmethod
     def build(
@@ -278,11 +279,11 @@ class ShardIndex:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise ValueError(f"shard {self._name!r}: deleted rows must be in [0, {len(self)})")
         if rows.size == 0:
-            self._deleted = None
+            self._deleted, self._tombstones = None, 0
             return
         mask = np.zeros(len(self), dtype=bool)
         mask[rows] = True
-        self._deleted = mask
+        self._deleted, self._tombstones = mask, int(mask.sum())
 
     def __repr__(self) -> str:
         return f"ShardIndex(name={self._name!r}, rows={len(self)}, dim={self.dim})"
@@ -314,8 +315,7 @@ class ShardIndex:
         m = queries.shape[0]
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
-        tombstones = 0 if self._deleted is None else int(self._deleted.sum())
-        n_cand = min(max(k, shortlist) + tombstones, len(self))
+        n_cand = min(max(k, shortlist) + self._tombstones, len(self))
         if m == 0 or n_cand == 0:
             return scores, rows
         queries = l2_normalise(queries)

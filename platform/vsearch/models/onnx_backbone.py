@@ -42,7 +42,7 @@ class OnnxBackbone:
         # CUDA where onnxruntime has it (the onnxruntime-gpu package) and this process sees a
         # GPU (a Ray actor given num_gpus does; one given none sees none), else the CPU.
         providers = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in ort.get_available_providers() and _sees_gpu():
+        if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(model_bytes, options, providers=providers)
@@ -117,7 +117,3 @@ def xception_spec(input_size: int = 224, **_: object) -> EncoderSpec:
         grid=7,
         trainable=False,
     )
-
-
-def _sees_gpu() -> bool:
-    return bool(torch.cuda.is_available())
