@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import requests
 from bench_serve import _photos, publish_synthetic_index
 from ray import serve
+from report import write_table
 
 from serve.app import running_service
 from vsearch.config import load_config
@@ -105,11 +106,7 @@ def main() -> None:
         "\nPeak replicas: " + ", ".join(f"{n} {peak[n]}" for n in WATCHED)
         + "; at the end: " + ", ".join(f"{n} {last[n]}" for n in WATCHED) + "."
     )  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image, ImageDraw
+from report import write_table
 
 from vsearch.config import Config, load_config
 from vsearch.index.staging import decode_staged, stage_groups
@@ -163,11 +164,7 @@ def main() -> None:
             f"{r['ray_with_start']:.0f} | {r['ray_with_start'] / r['bare']:.2f} | "
             f"{r['max_abs_diff']:.1e} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from report import write_table
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 50_000
 
@@ -139,11 +141,7 @@ def main() -> None:
     lines.append(
         f"\nDriver peak at {rows[-1]['n']} / at {rows[0]['n']}: **{ratio:.2f}** (target <= 1.3)."
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

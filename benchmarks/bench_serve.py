@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import requests
 from PIL import Image
+from report import write_table
 
 from serve.app import running_service
 from vsearch.config import Config, load_config
@@ -233,11 +234,7 @@ def main() -> None:
         f"PNGs of 20 megapixels: {health['checks']} checks, p50 {health['p50_ms']:.1f} ms, "
         f"max {health['max_ms']:.1f} ms (target < 100 ms)."
     )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}")
+    write_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ class StorageArgs(_Args):
 
 
 class EmbedderArgs(_Args):
-    """The query model deployment: the model version to load first and its batching."""
+    """The query model deployment: the model version to load first and its batching (values
+    from ``vsearch.config.ServeConfig``, which holds their defaults and bounds)."""
 
     storage: StorageArgs
     model_version: str
-    max_batch_size: int = Field(8, ge=1, le=32)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_batch_size: int
+    batch_wait_timeout_s: float
 
 
 class SearcherArgs(_Args):
@@ -45,22 +46,24 @@ class RerankerArgs(_Args):
 
 class IngressArgs(_Args):
     """The HTTP front: limits, routing, hot reload and auth (the token itself is read by the
-    replica from ``auth_token_env`` or ``auth_token_file``, never passed here)."""
+    replica from ``auth_token_env`` or ``auth_token_file``, never passed here). Every value
+    comes from the config (``serve.*``, ``index.*``, ``category.*``), which holds the defaults
+    and bounds; ``serve.app.build_app`` fills them."""
 
     storage: StorageArgs
     dataset_prefix: str
     index_version: str
-    follow_published: bool = True
-    reload_interval_s: float = Field(5.0, ge=0)
-    reload_grace_s: float = Field(30.0, ge=0)
-    shortlist: int | None = Field(None, ge=1)
-    top_k: int = Field(10, ge=1, le=100)
-    max_upload_bytes: int = Field(10_000_000, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1)
-    route_mass: float = Field(0.9, ge=0, le=1)
-    route_max: int = Field(3, ge=1)
-    rate_limit_per_s: float = Field(50.0, ge=0)
-    rate_limit_burst: int = Field(100, ge=1)
-    require_auth: bool = False
-    auth_token_env: str = "VSEARCH_API_TOKEN"
-    auth_token_file: str | None = None
+    follow_published: bool
+    reload_interval_s: float
+    reload_grace_s: float
+    shortlist: int | None
+    top_k: int
+    max_upload_bytes: int
+    max_pixels: int
+    route_mass: float
+    route_max: int
+    rate_limit_per_s: float
+    rate_limit_burst: int
+    require_auth: bool
+    auth_token_env: str
+    auth_token_file: str | None
