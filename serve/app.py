@@ -6,6 +6,7 @@ call it directly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,6 +152,8 @@ def running_service(cfg: Config, quiet: bool = False) -> Iterator[str]:
     """
     port = cfg.serve.port or free_port(cfg.serve.host)
     logging_config = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
+    if quiet:  # Serve's own start-up lines in this process ("Started Serve ...", "... ready")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=logging_config)
     try:
         serve.run(
