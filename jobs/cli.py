@@ -7,7 +7,7 @@
     vsearch index list|publish VERSION|rollback|gc --keep N   index versions on storage
     vsearch index add|update ROWS.parquet | delete IDS   change the served index between reindexes
     vsearch serve                serve the published index until Ctrl-C
-    vsearch search --url URL photo.jpg
+    vsearch search --url URL [--text WORDS] photo.jpg
 
 Every subcommand takes ``--config FILE`` and repeatable ``--set section.key=value`` overrides.
 """
@@ -59,7 +59,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"vsearch search: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        resp = SearchClient(args.url).search(data, k=args.k)
+        resp = SearchClient(args.url).search(data, k=args.k, text=args.text)
     except requests.ConnectionError:
         print(
             f"vsearch search: cannot reach {args.url}: is `vsearch serve` running there?",
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="query a running service with an image file")
     search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
     search.add_argument("--k", type=int, default=10)
+    search.add_argument("--text", default=None, help="words to refine the results (hybrid)")
     search.add_argument("image", help="path of a photo")
     return parser
 

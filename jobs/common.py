@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from vsearch.config import Config
 from vsearch.data.dataset import CatalogDataset
+from vsearch.index.text import TextChannel, product_titles
 from vsearch.storage import Storage
 from vsearch.storage.datasets import dataset_prefix, read_dataset, write_dataset
 
@@ -129,3 +131,20 @@ def print_summary(title: str, rows: Mapping[str, Any]) -> None:
             value = f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
         print(f"  {key.ljust(width)}  {value}")
     sys.stdout.flush()
+
+
+def text_channel(
+    cfg: Config, catalog: pa.Table, base: TextChannel | None = None
+) -> TextChannel | None:
+    """The catalogue's product titles embedded for hybrid queries (``index.text_channel``),
+    re-using ``base``'s vectors of unchanged titles; None when the channel is off."""
+    if not cfg.index.text_channel:
+        return None
+    from vsearch.models.text import TextEncoder  # sentence-transformers: only when used
+
+    ids, titles = product_titles(catalog)
+    encoder = TextEncoder(cfg.index.text_model_path, threads=None)
+    with progress(len(ids), "embedding titles", "title") as bar:
+        return TextChannel.build(
+            ids, titles, encoder.encode, encoder.name, base=base, progress=bar.update
+        )

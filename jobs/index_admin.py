@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from jobs.common import dataset_prefix, print_summary, progress, storage_of
+from jobs.common import dataset_prefix, print_summary, progress, storage_of, text_channel
 from vsearch.config import Config
 from vsearch.index.delta import plan_delta
 from vsearch.index.manifest import Manifest
@@ -178,9 +178,21 @@ def change(
         )
     stats = {"added": plan.added, "replaced": plan.replaced, "deleted": plan.deleted,
              "skipped": len(errors) + malformed}  # fmt: skip
+    catalogue = _changed_catalogue(cfg, rows, set(delete_ids))
     manifest = store.write_delta(new_version("i"), base, plan, stats)
+    if catalogue is not None and cfg.index.text_channel:
+        # Titles of new or renamed products embedded; the others' vectors re-used.
+        texts = text_channel(cfg, catalogue, base=store.load_text(base))
+        if texts is not None:
+            manifest = manifest.model_copy(
+                update={"text": store.write_text(manifest.version, texts)}
+            )
+    elif base.text is not None:  # no catalogue table to read titles from: keep the base's
+        kept = base.text.model_copy(update={"location": base.text.folder(base.version)})
+        manifest = manifest.model_copy(update={"text": kept})
     store.write_manifest(manifest)
-    _change_catalogue(cfg, rows, set(delete_ids))
+    if catalogue is not None:
+        storage.write_table(f"{dataset_prefix(cfg)}/catalog.parquet", catalogue)
     store.publish(manifest)
     print_summary(
         "index change",
@@ -202,15 +214,15 @@ def change(
     return manifest
 
 
-def _change_catalogue(cfg: Config, rows: pa.Table, deleted: set[str]) -> None:
-    """Apply the change to ``datasets/<source>/catalog.parquet`` (when there is one): rows of
-    deleted or replaced ids out, the new rows in."""
+def _changed_catalogue(cfg: Config, rows: pa.Table, deleted: set[str]) -> pa.Table | None:
+    """``datasets/<source>/catalog.parquet`` with the change applied (rows of deleted or
+    replaced ids out, the new rows in), or None when there is no such table."""
     storage = storage_of(cfg)
     name = f"{dataset_prefix(cfg)}/catalog.parquet"
     if not storage.exists(name):
-        return
+        return None
     catalogue = storage.read_table(name)
     drop = deleted | {str(i) for i in rows.column("image_id").to_pylist()}
     keep = [str(i) not in drop for i in catalogue.column("image_id").to_pylist()]
     catalogue = conform(catalogue.filter(pa.array(keep, pa.bool_())), CATALOG_SCHEMA)
-    storage.write_table(name, pa.concat_tables([catalogue, rows]))
+    return pa.concat_tables([catalogue, rows])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import time
 
-from jobs.common import ensure_dataset, print_summary, progress, storage_of
+from jobs.common import ensure_dataset, print_summary, progress, storage_of, text_channel
 from vsearch.config import Config
 from vsearch.index.manifest import Manifest
 from vsearch.runtime.cluster import ray_session
@@ -40,6 +40,8 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
         with progress(staged.rows, f"building {len(staged.shards)} shards", "vec") as bar:
             entries, worker_peak = build_staged(cfg, staged, version, bar.update)
     storage.delete(staging)
+    # Product titles for hybrid queries (in the driver: one float16 vector per product).
+    texts = text_channel(cfg, storage.read_table(posixpath.join(prefix, "catalog.parquet")))
     stats = {
         "embedded": staged.rows,
         "skipped": len(staged.errors),
@@ -49,6 +51,8 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
         "build_task_peak_rss_mb": round(worker_peak / 2**20, 1),
     }
     manifest = store.new_manifest(version, entries, model_version, staged.dim, stats)
+    if texts is not None:
+        manifest = manifest.model_copy(update={"text": store.write_text(version, texts)})
     if publish:
         store.publish(manifest)
     else:
@@ -69,6 +73,9 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
                 min((e.recall for e in manifest.shards if e.recall is not None), default=1.0)
             ),
             "categories": len(manifest.categories),
+            "product titles embedded (text channel)": (
+                f"{len(texts.product_ids)} ({texts.model})" if texts is not None else "off"
+            ),
             "embed throughput incl. start-up (img/s)": staged.rows / max(embed_s, 1e-9),
             "peak memory, driver / largest build task (MiB)": (
                 f"{stats['driver_peak_rss_mb']:.0f} / {stats['build_task_peak_rss_mb']:.0f}"

@@ -109,6 +109,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         shortlist=cfg.index.shortlist,
         top_k=cfg.serve.top_k,
         max_upload_bytes=cfg.serve.max_upload_bytes,
+        max_text_chars=cfg.serve.max_text_chars,
         max_pixels=cfg.index.max_pixels,
         route_mass=cfg.category.route_mass,
         route_max=cfg.category.route_max,
@@ -119,7 +120,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ingress = SearchIngress.options(
         max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests, **scale(32)
     )
-    reranker = ResultReranker.options(**scale(16)).bind(RerankerArgs())
+    reranker = ResultReranker.options(**scale(16)).bind(
+        RerankerArgs(
+            storage=where,
+            index_version=manifest.version,
+            text_weight=cfg.serve.text_weight,
+            text_model_path=cfg.index.text_model_path,
+        )
+    )
     return ingress.bind(embedder, searchers, reranker, settings)
 
 

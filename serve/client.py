@@ -43,9 +43,14 @@ class SearchClient:
         raise TimeoutError(f"{self.base_url} not ready after {timeout_s:.0f}s: {last}")
 
     def search(
-        self, image: bytes, k: int = 10, categories: list[str] | None = None
+        self,
+        image: bytes,
+        k: int = 10,
+        categories: list[str] | None = None,
+        text: str | None = None,
     ) -> requests.Response:
-        """``POST /search`` with ``image`` as multipart field ``image``; the raw response."""
+        """``POST /search`` with ``image`` as multipart field ``image`` (and ``text``, for a
+        hybrid query, as field ``text``); the raw response."""
         params: dict[str, Any] = {"k": k}
         if categories:
             params["categories"] = ",".join(categories)
@@ -53,5 +58,6 @@ class SearchClient:
             f"{self.base_url}/search",
             params=params,
             files={"image": ("query.jpg", image, "application/octet-stream")},
+            data={"text": text} if text else None,
             timeout=self.timeout_s,
         )

@@ -8,6 +8,9 @@ ingress (FastAPI, validates) -> QueryEmbedder (serve.batch) -> ShardSearcher x N
 # the ingress methods, or it takes `request` for a query parameter.
 
 import asyncio
+import base64
+import binascii
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +25,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve.api_models import (
+    SEARCH_REQUEST_BODY,
+    Health,
+    Product,
+    SearchResponse,
+    error_responses,
+)
 from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
 from vsearch.imaging import ImageDecodeError, decode_image, sniff_media_type
 from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
+from vsearch.index.text import TextChannel
+from vsearch.rank.hybrid import rank_products
 from vsearch.rank.rerank import Reranker
 from vsearch.rank.routing import images_to_fetch, route_categories
 from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset
@@ -125,15 +137,50 @@ class ShardSearcher:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class ResultReranker:
-    """Merges the searchers' hits and ranks products (similarity, quality, one per product)."""
+    """Merges the searchers' hits and ranks products (similarity, quality, one per product). A
+    hybrid query's text is embedded here (MiniLM) and re-scores the products against the
+    product titles of the index version that answered (its text channel)."""
 
-    def __init__(self, args: RerankerArgs | None = None) -> None:
-        args = args or RerankerArgs()
+    def __init__(self, args: RerankerArgs) -> None:
+        torch.set_num_threads(1)
+        self.args = args
         self.reranker = Reranker(args.quality_weight, args.popularity_weight)
+        self.store = IndexStore(Storage(args.storage.root, args.storage.options))
+        self.channels: dict[str, TextChannel | None] = {}
+        self.encoder: Any = None
+        self.load(args.index_version)
 
-    def rerank(self, hit_lists: list[list[Hit]], k: int) -> list[dict[str, Any]]:
+    def load(self, index_version: str) -> None:
+        """Load (checksum verified) the text channel of ``index_version``, if it has one."""
+        if index_version in self.channels:
+            return
+        channel = self.store.load_text(self.store.manifest(index_version))
+        if channel is not None and self.encoder is None:
+            from vsearch.models.text import TextEncoder
+
+            self.encoder = TextEncoder(self.args.text_model_path, threads=1)
+        if channel is not None and channel.model != self.encoder.name:
+            raise ValueError(
+                f"index version {index_version}'s titles were embedded with {channel.model}, "
+                f"but the service's text model is {self.encoder.name} (index.text_model_path)"
+            )
+        self.channels[index_version] = channel
+
+    def drop(self, keep: list[str]) -> None:
+        """Forget the text channel of every index version not in ``keep``."""
+        for version in [v for v in self.channels if v not in keep]:
+            del self.channels[version]
+
+    def rerank(
+        self, index_version: str, hit_lists: list[list[Hit]], k: int, text: str | None = None
+    ) -> list[dict[str, Any]]:
+        if index_version not in self.channels:
+            raise LookupError(f"index version {index_version} is not loaded on this re-ranker")
+        channel = self.channels[index_version]
+        vector = self.encoder.encode([text])[0] if text and channel is not None else None
         hits = [h for hits in hit_lists for h in hits]
-        return [asdict(p) for p in self.reranker.rerank(hits, k)]
+        ranked = rank_products(self.reranker, hits, k, vector, channel, self.args.text_weight)
+        return [asdict(p) for p in ranked]
 
     def ping(self) -> bool:
         return True
@@ -159,6 +206,8 @@ class _Served:
     shards: int
     catalog_images: int
     max_side: int
+    #: Whether the version has a text channel (hybrid queries).
+    text: bool
 
     @classmethod
     def of(cls, storage: Storage, version: str | None, searchers: int) -> "_Served":
@@ -175,6 +224,7 @@ class _Served:
             shards=len(manifest.shards),
             catalog_images=manifest.total_count,
             max_side=4 * artifact.spec.input_size,
+            text=manifest.text is not None,
         )
 
 
@@ -305,6 +355,7 @@ class SearchIngress:
         try:
             new = await asyncio.to_thread(_Served.of, self.storage, published, len(self.searchers))
             await self.embedder.load.remote(new.model_version)
+            await self.reranker.load.remote(new.index_version)
             await asyncio.gather(
                 *(s.load.remote(new.index_version, names)
                   for s, names in zip(self.searchers, new.groups, strict=True))
@@ -333,6 +384,7 @@ class SearchIngress:
     async def _drop(self, keep: _Served) -> None:
         await asyncio.gather(
             self.embedder.drop.remote([keep.model_version]),
+            self.reranker.drop.remote([keep.index_version]),
             *(s.drop.remote([keep.index_version]) for s in self.searchers),
             return_exceptions=True,
         )
@@ -365,7 +417,7 @@ class SearchIngress:
         """The search page: upload or drop a photo, see the box, the category and the results."""
         return HTMLResponse(_PAGE)
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=None, responses={200: {"model": Health}})
     async def healthz(self) -> dict[str, Any]:
         """Liveness: the ingress answers (it does not call the other deployments)."""
         self._watch()
@@ -380,7 +432,7 @@ class SearchIngress:
             "reload_error": self.reload_error,
         }
 
-    @api.get("/readyz")
+    @api.get("/readyz", responses={503: {"description": "not ready: {ready: false, reason}"}})
     async def readyz(self) -> Response:
         """Readiness: the embedder, every searcher and the re-ranker answer within 2 s. A
         published version that was refused is reported (``reload_error``) while the one served
@@ -398,25 +450,33 @@ class SearchIngress:
              "searchers": len(self.searchers), "reload_error": self.reload_error}
         )  # fmt: skip
 
-    @api.get("/metrics")
+    @api.get(
+        "/metrics",
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                   **error_responses(401)},
+    )  # fmt: skip
     async def metrics(self, request: Request) -> Response:
         """Prometheus metrics of this ingress replica (behind the token when auth is on)."""
         self._check_token(request, "/metrics")
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def _read_upload(self, request: Request) -> bytes:
+    async def _read_upload(self, request: Request) -> tuple[bytes, str | None]:
+        """The photo's bytes and the text sent with it (multipart field ``text``, or JSON key
+        ``text``; None when there is none)."""
         limit = self.args.max_upload_bytes
+        content_type = request.headers.get("content-type", "")
+        # Multipart framing adds a few hundred bytes around the file; base64 a third.
+        slack = 4096 + (limit // 3 if content_type.startswith("application/json") else 0)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + 4096:
+        if declared is not None and declared.isdigit() and int(declared) > limit + slack:
             raise self.metrics.error(
                 413, f"too large: upload of {declared} bytes exceeds the {limit}-byte limit"
             )
         try:
-            # Multipart framing adds a few hundred bytes around the file.
-            body = await read_limited(request.stream(), limit + 4096)
+            body = await read_limited(request.stream(), limit + slack)
         except BodyTooLargeError as exc:
             raise self.metrics.error(413, f"too large: {exc}") from None
-        content_type = request.headers.get("content-type", "")
+        text: str | None = None
         if content_type.startswith("multipart/form-data"):
             request._body = body  # Starlette parses the form from the body already read
             form = await request.form()
@@ -426,25 +486,60 @@ class SearchIngress:
                     400, "no image: multipart upload needs a file field named 'image'"
                 )
             data = await upload.read()
+            field = form.get("text")
+            text = field if isinstance(field, str) else None
+        elif content_type.startswith("application/json"):
+            data, text = self._json_upload(body)
         else:
             data = body
         if not data:
             raise self.metrics.error(
-                400, "no image: send it as the request body or as multipart field 'image'"
-            )
+                400, "no image: send it as the request body, as multipart field 'image' or as "
+                "base64 in JSON key 'image'",
+            )  # fmt: skip
         if len(data) > limit:
             raise self.metrics.error(
                 413, f"too large: upload of {len(data)} bytes exceeds the {limit}-byte limit"
             )
-        return data
+        return data, text
 
-    @api.post("/search")
+    def _json_upload(self, body: bytes) -> tuple[bytes, str | None]:
+        """``{"image": "<base64>", "text": "..."}`` -> the image bytes and the text."""
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise self.metrics.error(400, f"bad_json: {exc}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise self.metrics.error(
+                400, "bad_json: expected an object with the photo as base64 in key 'image'"
+            )
+        text = payload.get("text")
+        if text is not None and not isinstance(text, str):
+            raise self.metrics.error(400, "bad_json: 'text' must be a string")
+        try:
+            data = base64.b64decode(payload["image"], validate=True)
+        except (binascii.Error, ValueError):
+            raise self.metrics.error(400, "bad_base64: 'image' is not valid base64") from None
+        return data, text
+
+    @api.post(
+        "/search",
+        response_model=None,
+        responses={200: {"model": SearchResponse}, **error_responses(400, 401, 413, 415, 429)},
+        openapi_extra={"requestBody": SEARCH_REQUEST_BODY},
+    )
     async def search(
         self,
         request: Request,
         k: int | None = Query(None, ge=1, le=100, description="products to return"),
         categories: str | None = Query(None, description="comma-separated category filter"),
+        text: str | None = Query(
+            None, description="words to refine the photo's results (hybrid query)"
+        ),
     ) -> dict[str, Any]:
+        """Find the catalogue products in a photo: multipart field ``image`` (and ``text``), the
+        raw image as the body, or JSON ``{"image": base64, "text": ...}``. Words make it a hybrid
+        query: they re-score the photo's products against the product titles."""
         started = time.perf_counter()
         self._watch()
         served = self.served  # one version for the whole request, even if a reload swaps it
@@ -453,7 +548,17 @@ class SearchIngress:
         k = k or self.args.top_k
         timings: dict[str, float] = {}
         mark = started
-        data = await self._read_upload(request)
+        data, body_text = await self._read_upload(request)
+        text = (text if text is not None else body_text or "").strip() or None
+        if text is not None and len(text) > self.args.max_text_chars:
+            raise self.metrics.error(
+                400, f"text_too_long: {len(text)} characters, at most {self.args.max_text_chars}"
+            )
+        if text is not None and not served.text:
+            raise self.metrics.error(
+                400, f"no_text_channel: index version {served.index_version} has no product "
+                "titles embedded (reindex with index.text_channel: true), so text cannot be used",
+            )  # fmt: skip
         timings["read"], mark = time.perf_counter() - mark, time.perf_counter()
         try:
             # Off the event loop: a large decode must not hold up /healthz or other requests.
@@ -480,7 +585,7 @@ class SearchIngress:
             if cats and (wanted is None or cats.intersection(wanted))
         ]
         shortlist = self.args.shortlist
-        per_searcher = images_to_fetch(k)
+        per_searcher = images_to_fetch(k, hybrid=text is not None)
         vector = pred["embedding"]
         answers = await asyncio.gather(
             *(s.search.remote(served.index_version, vector, per_searcher, shortlist, wanted)
@@ -491,7 +596,7 @@ class SearchIngress:
             raise self.metrics.error(500, f"mixed_versions: {sorted(versions)}")
         hit_lists = [hits for _, hits in answers]
         timings["search"], mark = time.perf_counter() - mark, time.perf_counter()
-        results = await self.reranker.rerank.remote(list(hit_lists), k)
+        results = await self.reranker.rerank.remote(served.index_version, list(hit_lists), k, text)
         timings["rerank"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started
         for stage, seconds in timings.items():
@@ -510,11 +615,16 @@ class SearchIngress:
             ),
             "searched_categories": wanted,
             "routed_by": routed_by,
+            "text": text,
             "box": [round(float(v), 4) for v in np.asarray(pred["box"]).tolist()],
             "results": results,
         }
 
-    @api.get("/products/{product_id}")
+    @api.get(
+        "/products/{product_id}",
+        response_model=None,
+        responses={200: {"model": Product}, **error_responses(404)},
+    )
     async def product(self, product_id: str) -> dict[str, Any]:
         """A catalogue product: title, category and its images (``/images/{image_id}``)."""
         rows = self.catalogue.products.get(product_id)
@@ -522,7 +632,10 @@ class SearchIngress:
             raise HTTPException(404, f"no product {product_id!r} in the catalogue")
         return rows
 
-    @api.get("/images/{image_id}")
+    @api.get(
+        "/images/{image_id}",
+        responses={200: {"content": {"image/*": {}}}, **error_responses(404)},
+    )
     async def image(self, image_id: str) -> Response:
         """The bytes of a catalogue image (for result pages); only catalogue ids are served."""
         uri = self.catalogue.uri_of.get(image_id)

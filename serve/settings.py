@@ -38,8 +38,14 @@ class SearcherArgs(_Args):
 
 
 class RerankerArgs(_Args):
-    """The re-ranker's weights of the quality signals (0: similarity only)."""
+    """The re-ranker: the index version whose text channel to load first, the weight of a
+    hybrid query's text (``serve.text_weight``), the text model folder (None: the packaged
+    MiniLM) and the weights of the quality signals (0: similarity only)."""
 
+    storage: StorageArgs
+    index_version: str
+    text_weight: float
+    text_model_path: str | None = None
     quality_weight: float = 0.0
     popularity_weight: float = 0.0
 
@@ -59,6 +65,7 @@ class IngressArgs(_Args):
     shortlist: int | None
     top_k: int
     max_upload_bytes: int
+    max_text_chars: int
     max_pixels: int
     route_mass: float
     route_max: int

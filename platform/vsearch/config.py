@@ -299,6 +299,10 @@ class IndexConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     #: Largest decoded image accepted, in pixels (decompression-bomb guard).
     max_pixels: int = Field(40_000_000, ge=1)
+    #: Embed every product's title at reindex (all-MiniLM-L6-v2) for hybrid photo + text queries;
+    #: ``text_model_path``: a sentence-transformers folder instead of the packaged model.
+    text_channel: bool = True
+    text_model_path: str | None = None
 
 
 class ServeConfig(_Strict):
@@ -336,6 +340,10 @@ class ServeConfig(_Strict):
     #: old version stays loaded after the switch, for requests still running on it.
     reload_interval_s: float = Field(5.0, ge=0)
     reload_grace_s: float = Field(30.0, ge=0)
+    #: Hybrid queries: weight of the text's similarity to a product's title against the photo's
+    #: score (``(1 - w) * photo + w * text``), and the longest text accepted.
+    text_weight: float = Field(0.4, ge=0, le=1)
+    max_text_chars: int = Field(300, ge=1)
     #: Requests the embedder batches together (``serve.batch``) and how long it waits to fill one.
     max_batch_size: int = Field(8, ge=1, le=32)
     batch_wait_timeout_s: float = Field(0.005, ge=0)

@@ -63,6 +63,9 @@ def test_add_update_delete_publish_delta_versions(tiny_config: Config, tmp_path:
     assert added.base_version == "i-base" and store.current() == added.version
     assert added.stats == {"added": 2, "replaced": 0, "deleted": 0, "skipped": 2}
     assert added.total_count == catalogue.num_rows + 2
+    # The new products' titles are in the version's text channel (hybrid queries).
+    texts = store.load_text(added)
+    assert texts is not None and {"new-product-0", "new-product-1"} <= set(texts.product_ids)
     _, index = _serving(cfg)
     hits = index.search(vectors[:2], 3)
     # Each new id has the same image as the row it copies: both come back, tied at the top.
@@ -86,6 +89,8 @@ def test_add_update_delete_publish_delta_versions(tiny_config: Config, tmp_path:
     _, index = _serving(cfg)
     returned = {h.image_id for row in index.search(vectors, 10) for h in row}
     assert gone not in returned and "new-1" not in returned and "new-0" in returned
+    texts = store.load_text(deleted)
+    assert "new-product-1" not in texts.product_ids and "new-product-0" in texts.product_ids
 
     # The dataset's catalogue carries every change, so the next full reindex keeps them.
     ids = set(storage.read_table(f"{dataset_prefix(cfg)}/catalog.parquet")["image_id"].to_pylist())

@@ -146,6 +146,43 @@ def test_raw_body_upload_and_category_filter(running: Running) -> None:
     assert resp.json()["routed_by"] == "request"
 
 
+def test_hybrid_text_lifts_the_product_it_names(running: Running, client) -> None:
+    """Words re-score the photo's products against the titles embedded at reindex (MiniLM):
+    the product whose exact title is sent can only move up, to the top two from second."""
+    import base64
+
+    import requests
+
+    assert running.manifest.text is not None and running.manifest.text.products > 0
+    data, _ = _query_bytes(running.cfg)
+    photo = client.search(data, k=5).json()["results"]
+    assert all(r["text_similarity"] is None for r in photo)
+    second = photo[1]
+    title = requests.get(f"{running.url}/products/{second['product_id']}", timeout=30).json()
+    resp = client.search(data, k=3, text=title["title"])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["text"] == title["title"]
+    hybrid = body["results"]
+    named = next(r for r in hybrid if r["product_id"] == second["product_id"])
+    assert hybrid.index(named) <= 1 and named["text_similarity"] == pytest.approx(1.0, abs=1e-2)
+    w = running.cfg.serve.text_weight
+    for r in hybrid:  # quality weights are 0: score = (1 - w) * photo + w * text
+        assert r["score"] == pytest.approx((1 - w) * r["similarity"] + w * r["text_similarity"],
+                                           abs=1e-4)  # fmt: skip
+    assert [r["score"] for r in hybrid] == sorted((r["score"] for r in hybrid), reverse=True)
+    # The same query as JSON with the photo in base64 gives the same answer.
+    payload = {"image": base64.b64encode(data).decode(), "text": title["title"]}
+    as_json = requests.post(f"{running.url}/search", params={"k": 3}, json=payload, timeout=30)
+    assert as_json.status_code == 200, as_json.text
+    assert [r["product_id"] for r in as_json.json()["results"]] == [r["product_id"] for r in hybrid]
+    long = client.search(data, text="x" * (running.cfg.serve.max_text_chars + 1))
+    assert long.status_code == 400 and "text_too_long" in long.json()["detail"]
+    for bad in ({"image": "%%%"}, {"photo": "x"}):
+        refused = requests.post(f"{running.url}/search", json=bad, timeout=30)
+        assert refused.status_code == 400 and "bad_" in refused.json()["detail"]
+
+
 def test_default_k_comes_from_config(running: Running) -> None:
     import requests
 
@@ -232,6 +269,15 @@ def test_readyz_metrics_and_stage_timings(running: Running, client) -> None:
     assert f'index_version="{running.manifest.version}"' in text
 
 
+def _length(reply: bytes) -> int:
+    """The content-length an HTTP reply's headers announce (0 when none arrived yet)."""
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
 def test_a_chunked_upload_over_the_limit_is_refused_before_it_is_read_whole(
     running: Running,
 ) -> None:
@@ -260,9 +306,13 @@ def test_a_chunked_upload_over_the_limit_is_refused_before_it_is_read_whole(
                 break
             sent += len(chunk)
             time.sleep(0.001)  # about 60 MB/s: a fast client, not an instant one
-        if not reply:
-            sock.settimeout(10)
-            reply = sock.recv(65536)
+        sock.settimeout(10)
+        # The status line, headers and body may arrive in separate segments: read them all.
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
+            more = sock.recv(65536)
+            if not more:
+                break
+            reply += more
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b"too large" in reply
     # Refused while the upload was still going: far from all 50 MB was sent (loopback buffers
@@ -324,7 +374,7 @@ CHROMIUM_ARGS = [
 
 def test_the_web_page_in_a_real_browser(running: Running, tmp_path: Path) -> None:
     """Upload a catalogue photo through the page in headless Chromium: its product comes first,
-    the box is drawn and the category shown; a screenshot goes to reports/."""
+    the box is drawn and the category shown; words refine it; a screenshot goes to reports/."""
     from playwright.sync_api import sync_playwright
 
     from vsearch.storage import Storage, read_dataset
@@ -362,6 +412,13 @@ def test_the_web_page_in_a_real_browser(running: Running, tmp_path: Path) -> Non
                            return n; }"""
             )
             assert red > 20
+            # Words refine the same photo's results (sent as the multipart field `text`).
+            words = page.locator(".result .title").nth(1).inner_text()
+            page.fill("#words", words)
+            page.press("#words", "Enter")
+            page.wait_for_selector("text=Refined by", timeout=60_000)
+            page.wait_for_selector(".result", timeout=60_000)
+            assert "(text " in page.locator(".result .score").first.inner_text()
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
@@ -435,8 +492,13 @@ def test_a_damaged_version_is_refused_and_the_served_one_kept(running: Running) 
         for name in entry.files:
             storage.write_bytes(f"indexes/{bad.version}/shards/{entry.name}/{name}",
                                 storage.read_bytes(f"{src}/{name}"))  # fmt: skip
+    # Its text channel is the good version's file (intact): only the vectors are damaged.
+    text = good.text.model_copy(update={"location": good.text.folder(good.version)})
     bad = bad.model_copy(
-        update={"shards": [e.model_copy(update={"location": None}) for e in good.shards]}
+        update={
+            "shards": [e.model_copy(update={"location": None}) for e in good.shards],
+            "text": text,
+        }
     )
     victim = f"indexes/{bad.version}/shards/{bad.shards[0].name}/vectors.npy"
     data = bytearray(storage.read_bytes(victim))

@@ -63,6 +63,24 @@ class ShardEntry(BaseModel):
         return files
 
 
+class TextEntry(BaseModel):
+    """The version's text channel (``vsearch.index.text``): its file, that file's SHA-256, the
+    text model and its dimension, the products it holds, and (for a delta version that kept it
+    unchanged) the version folder that holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model: str
+    dim: int = Field(gt=0)
+    products: int = Field(ge=0)
+    location: str | None = None
+
+    def folder(self, version: str) -> str:
+        return self.location or version
+
+
 class Manifest(BaseModel):
     """An index version: embedding ``dim``, the model that produced it, its shards and stats.
 
@@ -80,11 +98,14 @@ class Manifest(BaseModel):
     stats: dict[str, int | float] = Field(default_factory=dict)
     #: For a delta version (``vsearch index add|delete|update``): the version it changed.
     base_version: str | None = None
+    #: Product titles embedded for hybrid (photo + text) queries; None: no text channel.
+    text: TextEntry | None = None
 
     @property
     def referenced_versions(self) -> set[str]:
         """Version folders whose files this version reads (its own included)."""
-        return {s.folder(self.version) for s in self.shards} | {self.version}
+        text = {self.text.folder(self.version)} if self.text is not None else set()
+        return {s.folder(self.version) for s in self.shards} | {self.version} | text
 
     @model_validator(mode="after")
     def _unique_shard_names(self) -> Manifest:

@@ -19,7 +19,8 @@ class RankedProduct:
     """One result row: a product, the image that represents it, and its scores.
 
     ``score`` is the blended final score, ``similarity`` the raw similarity of ``image_id``,
-    ``matched_images`` the number of distinct retrieved images of this product.
+    ``matched_images`` the number of distinct retrieved images of this product, and
+    ``text_similarity`` (hybrid queries only) that of the query text to the product's title.
     """
 
     product_id: str
@@ -29,6 +30,7 @@ class RankedProduct:
     score: float
     similarity: float
     matched_images: int
+    text_similarity: float | None = None
 
 
 class Reranker:

@@ -13,15 +13,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["IMAGES_PER_PRODUCT", "images_to_fetch", "route_categories"]
+__all__ = [
+    "HYBRID_POOL",
+    "IMAGES_PER_PRODUCT",
+    "images_to_fetch",
+    "products_to_rank",
+    "route_categories",
+]
 
 #: Images fetched per product wanted: several images of one product may precede the next one.
 IMAGES_PER_PRODUCT = 4
+#: A hybrid (photo + text) query ranks this many times ``k`` products by the photo before the
+#: text re-scores them, so words can lift a product from that far down.
+HYBRID_POOL = 5
 
 
-def images_to_fetch(k: int) -> int:
+def products_to_rank(k: int, hybrid: bool = False) -> int:
+    """Products ranked by the photo for ``k`` answers (more when text re-scores them)."""
+    return k * HYBRID_POOL if hybrid else k
+
+
+def images_to_fetch(k: int, hybrid: bool = False) -> int:
     """Catalogue images to retrieve so that ``k`` distinct products can be returned."""
-    return k * IMAGES_PER_PRODUCT
+    return products_to_rank(k, hybrid) * IMAGES_PER_PRODUCT
 
 
 def route_categories(

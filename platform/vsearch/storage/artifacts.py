@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 
 from vsearch.index.builder import BuiltShard
 from vsearch.index.delta import DeltaPlan
-from vsearch.index.manifest import Manifest, ShardEntry, verify
+from vsearch.index.manifest import Manifest, ShardEntry, TextEntry, verify
 from vsearch.index.shard import META_FILE, VECTORS_FILE, ShardIndex
+from vsearch.index.text import TEXT_FILE, TextChannel
 from vsearch.models.artifact import FORMAT as ARTIFACT_FORMAT
 from vsearch.models.artifact import ModelArtifact, sha256_hex
 from vsearch.models.embedder import Embedder
@@ -201,6 +202,35 @@ class IndexStore:
         )
         return written.model_copy(update={"shards": shards, "base_version": base.version})
 
+    def write_text(self, version: str, channel: TextChannel) -> TextEntry:
+        """Write the text channel under ``version``; its manifest entry."""
+        data = channel.to_bytes()
+        self.storage.write_bytes(posixpath.join(self.prefix, version, TEXT_FILE), data)
+        return TextEntry(
+            file=TEXT_FILE,
+            sha256=sha256_hex(data),
+            model=channel.model,
+            dim=channel.dim,
+            products=len(channel.product_ids),
+        )
+
+    def load_text(self, manifest: Manifest) -> TextChannel | None:
+        """The version's text channel, checksum-verified (``ValueError`` naming the file when it
+        is missing or damaged); None when the version has none."""
+        entry = manifest.text
+        if entry is None:
+            return None
+        name = posixpath.join(self.prefix, entry.folder(manifest.version), entry.file)
+        if not self.storage.exists(name):
+            raise ValueError(f"text channel file {self.storage.url(name)} is missing")
+        data = self.storage.read_bytes(name)
+        if sha256_hex(data) != entry.sha256:
+            raise ValueError(
+                f"text channel file {self.storage.url(name)}: checksum mismatch (expected "
+                f"{entry.sha256[:12]}..., got {sha256_hex(data)[:12]}...)"
+            )
+        return TextChannel.from_bytes(data)
+
     def write_manifest(self, manifest: Manifest) -> None:
         """Write the manifest (with its sha256 beside it): the version is complete, and can be
         evaluated or published, but nothing serves it yet."""
@@ -303,6 +333,7 @@ class IndexStore:
         first (a mismatch is refused, naming the file), then ``CURRENT`` moves to it."""
         manifest = self.manifest(version)
         self.load_shards(manifest)  # raises on a missing or damaged file
+        self.load_text(manifest)
         self._point_at(version)
         return manifest
 
