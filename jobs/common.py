@@ -113,7 +113,8 @@ def resolve_backbone(cfg: Config) -> tuple[Config, bytes | None]:
         file=sys.stderr,
         flush=True,
     )
-    fallback = cfg.model.model_copy(update={"arch": cfg.model.fallback_arch})
+    # The box view needs cached maps of a frozen backbone: off for the network from scratch.
+    fallback = cfg.model.model_copy(update={"arch": cfg.model.fallback_arch, "box_view": False})
     return cfg.model_copy(update={"model": fallback}), None
 
 

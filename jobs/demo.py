@@ -71,7 +71,13 @@ def scratch_config(cfg: Config) -> Config | None:
     if resolve_backbone(cfg)[1] is None:
         return None  # the main run falls back to this network anyway
     model = cfg.model.model_copy(
-        update={"arch": cfg.model.fallback_arch, "head_hidden": 0, "dropout": 0.0, "views": [1.0]}
+        update={
+            "arch": cfg.model.fallback_arch,
+            "head_hidden": 0,
+            "dropout": 0.0,
+            "views": [1.0],
+            "box_view": False,
+        }
     )
     training = cfg.train.model_copy(
         update={

@@ -82,7 +82,7 @@ def _train_gallery(
     finish: Callable[[np.ndarray], np.ndarray] | None,
 ):
     """Predictions (and, for a frozen backbone, pooled maps) of the train split's photos."""
-    from jobs.train import cache_maps
+    from jobs.train import cache_box_views, cache_maps
 
     train = ds.queries_of("train")
     uris = train["image_uri"].to_pylist()
@@ -90,18 +90,28 @@ def _train_gallery(
         from vsearch.storage.feature_cache import FeatureCache, view_key
 
         cache_id, cached = cache_maps(cfg, uris, backbone, "feature maps (train photos)")
+        box_keys: dict[str, str] = {}
+        if embedder.box_margin is not None:  # the box views of this model's boxes
+            box_keys = cache_box_views(
+                cfg, embedder, backbone, cached.keys, cache_id, "box views (train photos)"
+            )
         views = embedder.views
         wanted = [view_key(k, v) for k in cached.keys.values() for v in views]
-        maps = FeatureCache(storage_of(cfg), cache_id).read(wanted)
+        maps = FeatureCache(storage_of(cfg), cache_id).read([*wanted, *box_keys.values()])
 
         def have(uri: str) -> bool:
             key = cached.keys.get(uri)
-            return key is not None and all(view_key(key, v) in maps for v in views)
+            boxed = embedder.box_margin is None or box_keys.get(uri) in maps
+            return key is not None and boxed and all(view_key(key, v) in maps for v in views)
 
         ok = np.asarray([have(u) for u in uris], dtype=bool)
-        good = [cached.keys[u] for u, g in zip(uris, ok, strict=True) if g]
-        stack = np.stack([np.stack([maps[view_key(k, v)] for k in good]) for v in views])
-        return embedder.predict_maps(stack), _pooled(stack[0], finish), train.filter(pa.array(ok))
+        good = [u for u, g in zip(uris, ok, strict=True) if g]
+        stack = np.stack(
+            [np.stack([maps[view_key(cached.keys[u], v)] for u in good]) for v in views]
+        )
+        boxed = np.stack([maps[box_keys[u]] for u in good]) if box_keys else None
+        pred = embedder.predict_maps(stack, box_maps=boxed)
+        return pred, _pooled(stack[0], finish), train.filter(pa.array(ok))
     side = 4 * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
     return embedder.predict(images), None, train.filter(pa.array(ok))
@@ -148,7 +158,7 @@ def main(
     queries = queries.filter(pa.array(ok))
     # The service's path: backbone maps, then the heads (one forward pass).
     q_maps = embedder.feature_maps(q_images)
-    pred: Prediction = embedder.predict_maps(q_maps)
+    pred: Prediction = embedder.predict_maps(q_maps, images=q_images)
     products = queries["product_id"].to_pylist()
     canonical = canonical_products(ds)
     args = {
@@ -171,7 +181,8 @@ def main(
         "index_version": manifest.version,
         "model_version": manifest.model_version,
         "backbone": artifact.config.arch
-        + ((f" (frozen up to {cut})" if cut else " (frozen)") if frozen else ""),
+        + ((f" (frozen up to {cut})" if cut else " (frozen)") if frozen else "")
+        + (" + box view" if artifact.config.box_view else ""),
         "dataset": dataset_prefix(cfg),
         "eval_split": cfg.data.eval_split,
         "queries": int(ok.sum()),

@@ -146,6 +146,16 @@ class ModelConfig(_Strict):
     views: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=8)
     #: Localisation branch: predicted box -> soft sigmoid mask -> masked pooling.
     localise: bool = True
+    #: How the box is predicted: "spatial" (an attention map over the cells, its expected
+    #: position the centre) or "pooled" (from globally pooled features, as in model versions
+    #: before it; it cannot tell where things are, and boxes came out worse).
+    localiser: Literal["spatial", "pooled"] = "spatial"
+    #: Detect, then embed (Alibaba): one more backbone pass on the square around the predicted
+    #: box (``box_margin`` of its side added on each side), seen as one more view. Needs a frozen
+    #: ONNX backbone: training predicts the training images' boxes with a first model, caches the
+    #: maps of those crops and trains the final model on every view plus the box view.
+    box_view: bool = False
+    box_margin: float = Field(0.05, ge=0, le=1)
     #: Steepness of the soft box mask's sigmoids, per unit of image side.
     mask_steepness: float = Field(20.0, gt=0)
     #: Hidden width of the projection MLP (0: a linear projection).
@@ -161,6 +171,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     epochs: int = Field(12, ge=1)
+    #: With ``model.box_view``: epochs of the first model, which only predicts the training
+    #: images' boxes (None: ``epochs``).
+    box_stage_epochs: int | None = Field(None, ge=1)
     #: Products per batch (P) and images per product (K) for batch-hard mining.
     products_per_batch: int = Field(16, ge=2)
     images_per_product: int = Field(4, ge=2)

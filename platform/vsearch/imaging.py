@@ -88,6 +88,24 @@ def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return image[top : top + ch, left : left + cw]
 
 
+def box_crop(image: np.ndarray, box: np.ndarray | list[float], margin: float) -> np.ndarray:
+    """The square around a subject ``box`` (fractions ``x0, y0, x1, y1`` of the image's width and
+    height) whose side is the box's longer side in pixels plus ``margin`` of it on each side,
+    clipped to the image (the box view of Alibaba's detect-then-embed). A box smaller than 8
+    pixels, or not finite, gives the whole image."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite([x0, y0, x1, y1])):
+        return image
+    side = max((x1 - x0) * w, (y1 - y0) * h) * (1.0 + 2.0 * margin)
+    cx, cy = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h
+    left, right = int(max(0.0, cx - side / 2)), int(min(float(w), cx + side / 2))
+    top, bottom = int(max(0.0, cy - side / 2)), int(min(float(h), cy + side / 2))
+    if right - left < 8 or bottom - top < 8:
+        return image
+    return image[top:bottom, left:right]
+
+
 #: Leading bytes of the allowed formats and their media types.
 _SIGNATURES = (
     (b"\xff\xd8\xff", "image/jpeg"),

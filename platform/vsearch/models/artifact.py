@@ -68,6 +68,7 @@ def build_network(
         config.embed_dim,
         categories,
         localise=config.localise,
+        localiser=config.localiser,
         steepness=config.mask_steepness,
         hidden=config.head_hidden,
         dropout=config.dropout,
@@ -152,7 +153,14 @@ class ModelArtifact:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         network = self.build(backbone_bytes)
-        return Embedder(network, self.categories, batch_size, self.config.views, device)
+        return Embedder(
+            network,
+            self.categories,
+            batch_size,
+            self.config.views,
+            device,
+            box_margin=self.config.box_margin if self.config.box_view else None,
+        )
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -177,8 +185,11 @@ class ModelArtifact:
                 f"unsupported model artifact format {payload.get('format')!r} (this version "
                 f"reads format {FORMAT}; retrain with `vsearch train`)"
             )
+        config = dict(payload["config"])
+        # Versions saved before the spatial localiser existed used the pooled one.
+        config.setdefault("localiser", "pooled")
         return cls(
-            config=ModelConfig.model_validate(payload["config"]),
+            config=ModelConfig.model_validate(config),
             categories=list(payload["categories"]),
             products=list(payload["products"]),
             state_dict=payload["state_dict"],

@@ -4,7 +4,9 @@ out.
 The one place images become embeddings, boxes and category probabilities: the reindex job, the
 evaluation and the service all call it. With several views (centre crops) the backbone runs once
 per view; the embedding is the normalised mean of the views' embeddings and the category
-probabilities their mean, the box comes from the first view.
+probabilities their mean, the box comes from the first view. A model with a box view
+(``model.box_view``) then runs the backbone once more on the square around that box (detect, then
+embed), and that view joins the mean.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vsearch.imaging import centre_crop
+from vsearch.imaging import box_crop, centre_crop
 from vsearch.models.heads import NetOutput
 from vsearch.models.network import SearchNetwork
 
@@ -42,9 +44,12 @@ class Embedder:
         batch_size: int = 32,
         views: Sequence[float] = (1.0,),
         device: str | torch.device | None = None,
+        box_margin: float | None = None,
     ) -> None:
         """``device``: where the network's torch part runs ("cuda", "cpu"; None: where it is,
-        so an embedder over a trainer's network never moves it)."""
+        so an embedder over a trainer's network never moves it). ``box_margin``: embed a box
+        view too (the square around the box predicted from the first view, this margin added
+        on each side); None: no box view."""
         if device is not None:
             network = network.to(device)
         self.network = network.eval()
@@ -54,6 +59,7 @@ class Embedder:
         self.categories = list(categories or [])
         self.batch_size = batch_size
         self.views = tuple(views)
+        self.box_margin = box_margin
 
     @property
     def dim(self) -> int:
@@ -65,42 +71,83 @@ class Embedder:
 
     @torch.inference_mode()
     def feature_maps(self, images: list[np.ndarray]) -> np.ndarray:
-        """Backbone maps of every view: ``(views, n, C, g, g) float32`` (what the cache stores)."""
+        """Backbone maps of every centre-crop view: ``(views, n, C, g, g) float32`` (what the
+        cache stores; the box view, which depends on the heads, is not among them)."""
+        spec = self.network.map_spec
+        out = np.empty(
+            (len(self.views), len(images), spec.channels, spec.grid, spec.grid), dtype=np.float32
+        )
+        for v, fraction in enumerate(self.views):
+            out[v] = self._backbone([centre_crop(i, fraction) for i in images])
+        return out
+
+    @torch.inference_mode()
+    def box_maps(self, images: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+        """Backbone maps ``(n, C, g, g) float32`` of the square around each image's box."""
+        if self.box_margin is None:
+            raise ValueError("this model has no box view (model.box_view is off)")
+        return self._backbone(
+            [box_crop(img, box, self.box_margin) for img, box in zip(images, boxes, strict=True)]
+        )
+
+    def _backbone(self, crops: list[np.ndarray]) -> np.ndarray:
         self.network.eval()
         spec = self.network.map_spec
-        g, c = spec.grid, spec.channels
-        out = np.empty((len(self.views), len(images), c, g, g), dtype=np.float32)
-        for v, fraction in enumerate(self.views):
-            for start in range(0, len(images), self.batch_size):
-                chunk = [centre_crop(i, fraction) for i in images[start : start + self.batch_size]]
-                x = self.spec.preprocess(chunk)
-                if self.network.backbone is not None:  # a torch backbone (ONNX takes CPU input)
-                    x = x.to(self.device)
-                maps = self.network.feature_maps(x)
-                out[v, start : start + len(chunk)] = maps.float().cpu().numpy()
+        out = np.empty((len(crops), spec.channels, spec.grid, spec.grid), dtype=np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            x = self.spec.preprocess(chunk)
+            if self.network.backbone is not None:  # a torch backbone (ONNX takes CPU input)
+                x = x.to(self.device)
+            out[start : start + len(chunk)] = self.network.feature_maps(x).float().cpu().numpy()
         return out
 
     def predict(self, images: list[np.ndarray]) -> Prediction:
         """Embeddings, boxes and category probabilities of decoded images, in input order."""
-        return self.predict_maps(self.feature_maps(images))
+        return self.predict_maps(self.feature_maps(images), images=images)
 
     @torch.inference_mode()
-    def predict_maps(self, fmaps: np.ndarray) -> Prediction:
-        """The same from backbone maps ``(views, n, C, g, g)`` (float16 or float32)."""
+    def predict_maps(
+        self,
+        fmaps: np.ndarray,
+        images: list[np.ndarray] | None = None,
+        box_maps: np.ndarray | None = None,
+    ) -> Prediction:
+        """The same from backbone maps ``(views, n, C, g, g)`` (float16 or float32). A model
+        with a box view also needs the box view's maps ``(n, C, g, g)``, or the ``images`` to
+        crop at the boxes predicted from the first view."""
         fmaps = np.asarray(fmaps)
         if fmaps.ndim != 5 or fmaps.shape[0] != len(self.views):
             raise ValueError(
                 f"expected maps of shape ({len(self.views)} views, n, C, g, g), got {fmaps.shape}"
             )
-        self.network.eval()
-        per_view = []
-        for view_maps in fmaps:
-            parts: list[NetOutput] = []
-            for start in range(0, len(view_maps), self.batch_size):
-                chunk = torch.from_numpy(np.asarray(view_maps[start : start + self.batch_size]))
-                parts.append(self.network.forward_maps(chunk.float().to(self.device)))
-            per_view.append(parts)
+        per_view = [self._heads(view_maps) for view_maps in fmaps]
+        if self.box_margin is not None and fmaps.shape[1]:
+            if box_maps is None:
+                if images is None:
+                    raise ValueError(
+                        "this model embeds a box view too: pass the images or their box maps"
+                    )
+                boxes = torch.cat([p.box for p in per_view[0]]).clamp(0, 1).cpu().numpy()
+                box_maps = self.box_maps(images, boxes)
+            per_view.append(self._heads(np.asarray(box_maps)))
         return self._combine(per_view, fmaps.shape[1])
+
+    def boxes(self, fmaps: np.ndarray) -> np.ndarray:
+        """Subject boxes ``(n, 4)`` predicted from maps of the first view ``(n, C, g, g)``."""
+        parts = self._heads(np.asarray(fmaps))
+        if not parts:
+            return np.zeros((0, 4), np.float32)
+        return torch.cat([p.box for p in parts]).clamp(0, 1).cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def _heads(self, view_maps: np.ndarray) -> list[NetOutput]:
+        self.network.eval()
+        parts: list[NetOutput] = []
+        for start in range(0, len(view_maps), self.batch_size):
+            chunk = torch.from_numpy(np.asarray(view_maps[start : start + self.batch_size]))
+            parts.append(self.network.forward_maps(chunk.float().to(self.device)))
+        return parts
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """``(n, d) float32`` L2-normalised embeddings."""

@@ -63,6 +63,39 @@ class SubjectLocaliser(nn.Module):
         return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
+class SpatialLocaliser(nn.Module):
+    """Feature map ``(n, C, g, g)`` -> subject box ``(n, 4)``, keeping where things are.
+
+    A 1x1 convolution scores every cell; the softmax of those scores is an attention map whose
+    expected cell position is the box centre (a soft arg-max, so it moves smoothly), and the
+    features pooled under it give the box size through a linear layer and sigmoids. It starts
+    out uniform: a centred box covering about 88% of each side.
+    """
+
+    def __init__(self, channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.score = nn.Conv2d(hidden, 1, 1)
+        self.size = nn.Linear(hidden, 2)
+        for layer in (self.score, self.size):
+            nn.init.normal_(layer.weight, std=1e-3)
+            nn.init.zeros_(layer.bias)
+        with torch.no_grad():
+            self.size.bias.fill_(2.0)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        n, _, gh, gw = fmap.shape
+        h = F.relu(self.reduce(fmap))
+        attention = torch.softmax(self.score(h).flatten(1), dim=1).view(n, 1, gh, gw)
+        ys = (torch.arange(gh, dtype=fmap.dtype, device=fmap.device) + 0.5) / gh
+        xs = (torch.arange(gw, dtype=fmap.dtype, device=fmap.device) + 0.5) / gw
+        cx = (attention.sum(dim=2).squeeze(1) * xs).sum(dim=1, keepdim=True)
+        cy = (attention.sum(dim=3).squeeze(1) * ys).sum(dim=1, keepdim=True)
+        size = torch.sigmoid(self.size((h * attention).sum(dim=(2, 3))))
+        centre = torch.cat([cx, cy], dim=1)
+        return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
 class SearchHead(nn.Module):
     """Everything after the backbone: localiser + soft mask, projection, category head.
 
@@ -78,6 +111,7 @@ class SearchHead(nn.Module):
         categories: int = 0,
         localise: bool = True,
         steepness: float = 20.0,
+        localiser: str = "spatial",
         hidden: int = 0,
         dropout: float = 0.0,
         products: int = 0,
@@ -86,7 +120,10 @@ class SearchHead(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.steepness = steepness
-        self.localiser = SubjectLocaliser(channels) if localise else None
+        if localiser not in ("spatial", "pooled"):
+            raise ValueError(f"localiser must be 'spatial' or 'pooled', got {localiser!r}")
+        locate = SpatialLocaliser if localiser == "spatial" else SubjectLocaliser
+        self.localiser: nn.Module | None = locate(channels) if localise else None
         if hidden > 0:
             self.project: nn.Module = nn.Sequential(
                 nn.Dropout(dropout),

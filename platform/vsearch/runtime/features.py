@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +18,17 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vsearch.config import Config
-from vsearch.imaging import ImageDecodeError, centre_crop, decode_image, image_size
+from vsearch.imaging import ImageDecodeError, box_crop, centre_crop, decode_image, image_size
 from vsearch.models.encoder import run_backbone
 from vsearch.models.onnx_backbone import backbone_id
 from vsearch.models.registry import create_backbone
-from vsearch.storage.feature_cache import FeatureCache, content_key, view_key
+from vsearch.storage.feature_cache import (
+    FeatureCache,
+    box_key,
+    content_key,
+    round_box,
+    view_key,
+)
 from vsearch.storage.fs import Storage
 
 
@@ -59,7 +65,10 @@ class ImageHasher:
 class MapEncoder:
     """Batch ``{"uri", "key"}`` -> ``{"key", "map" (m, C, g, g) float16, "error"}`` with one row
     per image and view (``m = n * len(views)``, keys from ``view_key``): decodes each image and
-    runs the frozen backbone on every view; undecodable images get zero maps and an ``error``."""
+    runs the frozen backbone on every view; undecodable images get zero maps and an ``error``.
+
+    With ``box_margin`` the batch also has ``"box"`` (fractions, rounded by ``round_box``) and
+    ``"key"`` is already each row's box-view key: one map per row, of ``box_crop``."""
 
     def __init__(
         self,
@@ -70,12 +79,14 @@ class MapEncoder:
         max_pixels: int,
         views: list[float] | None = None,
         cut: str | None = None,
+        box_margin: float | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self.storage = Storage(storage_root, storage_options)
         self.backbone = create_backbone(arch, 0, self.storage.read_bytes(backbone_url), cut=cut)
         self.max_pixels = max_pixels
         self.views = list(views or [1.0])
+        self.box_margin = box_margin
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.backbone.spec
@@ -83,7 +94,9 @@ class MapEncoder:
         for uri in batch["uri"]:
             try:
                 data = self.storage.read_bytes(str(uri))
-                images.append(decode_image(data, self.max_pixels, 2 * spec.input_size))
+                # A box crop is cut from the image at the service's decode size (4x the input).
+                side = (4 if self.box_margin is not None else 2) * spec.input_size
+                images.append(decode_image(data, self.max_pixels, side))
                 errors.append("")
             except OSError as exc:
                 images.append(None)
@@ -92,6 +105,16 @@ class MapEncoder:
                 images.append(None)
                 errors.append(str(exc))
         good = [i for i, img in enumerate(images) if img is not None]
+        if self.box_margin is not None:
+            maps = np.zeros((len(images), spec.channels, spec.grid, spec.grid), dtype=np.float16)
+            if good:
+                crops = [box_crop(images[i], batch["box"][i], self.box_margin) for i in good]
+                maps[good] = run_backbone(self.backbone, crops)  # type: ignore[arg-type]
+            return {
+                "key": np.asarray([str(k) for k in batch["key"]], dtype=object),
+                "map": maps,
+                "error": np.asarray(errors, dtype=object),
+            }
         keys, out_errors, blocks = [], [], []
         for fraction in self.views:
             maps = np.zeros((len(images), spec.channels, spec.grid, spec.grid), dtype=np.float16)
@@ -130,15 +153,16 @@ def cache_feature_maps(
     uris: list[str],
     backbone_bytes: bytes,
     progress: Callable[[int], None] | None = None,
+    boxes: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[FeatureCache, CacheResult]:
     """Make sure every image of ``uris`` has the maps of all ``cfg.model.views`` in the cache of
-    ``cfg.model``'s backbone."""
+    ``cfg.model``'s backbone; with ``boxes`` (URI -> box, fractions), the maps of those box views
+    (``cfg.model.box_margin``) instead."""
     started = time.perf_counter()
     storage = Storage(cfg.storage, cfg.storage_options)
     cache = FeatureCache(
         storage, backbone_id(cfg.model.arch, backbone_bytes, cfg.model.backbone_cut)
     )
-    actors = cfg.index.embed_actors
     unique = sorted(set(uris))
     hashed = ray.data.from_items([{"uri": u} for u in unique]).map_batches(
         ImageHasher,
@@ -160,55 +184,87 @@ def cache_feature_maps(
                 keys[str(uri)] = str(key)
                 sizes[str(uri)] = (int(width), int(height))
     cached = cache.keys()
-    views = cfg.model.views
-    wanted = {view_key(key, v) for key in keys.values() for v in views}
+    margin = cfg.model.box_margin
+    # Passes of rows {"uri", "key"[, "box"]} still to encode: one per centre-crop view (adding a
+    # view to a model computes only that view), or one of box views.
+    passes: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    wanted: set[str] = set()
+    if boxes is None:
+        for fraction in cfg.model.views:
+            todo: dict[str, str] = {}
+            for uri, key in keys.items():
+                wanted.add(view_key(key, fraction))
+                if view_key(key, fraction) not in cached:
+                    todo.setdefault(key, uri)
+            rows = [{"uri": uri, "key": key} for key, uri in todo.items()]
+            passes.append(({"views": [fraction]}, rows))
+    else:
+        todo_boxes: dict[str, dict[str, Any]] = {}
+        for uri, key in keys.items():
+            if uri not in boxes:
+                continue
+            box = round_box(boxes[uri])
+            name = box_key(key, box, margin)
+            wanted.add(name)
+            if name not in cached:
+                todo_boxes.setdefault(name, {"uri": uri, "key": name, "box": box})
+        passes.append(({"box_margin": margin}, list(todo_boxes.values())))
     reused = len(wanted & cached)
     if progress is not None:
         progress(reused)
     computed = 0
-    # One pass per view over the images that lack it: adding a view to a model computes only
-    # that view.
-    for fraction in views:
-        todo: dict[str, str] = {}
-        for uri, key in keys.items():
-            if view_key(key, fraction) not in cached:
-                todo.setdefault(key, uri)
-        if not todo:
-            continue
-        rows = [{"uri": uri, "key": key} for key, uri in todo.items()]
-        encoded = (
-            ray.data.from_items(rows)
-            .repartition(max(1, min(len(rows) // cfg.index.batch_size + 1, 8 * actors)))
-            .map_batches(
-                MapEncoder,
-                fn_constructor_kwargs={
-                    "storage_root": cfg.storage,
-                    "storage_options": cfg.storage_options,
-                    "arch": cfg.model.arch,
-                    "backbone_url": cfg.model.backbone_url,
-                    "max_pixels": cfg.index.max_pixels,
-                    "views": [fraction],
-                    "cut": cfg.model.backbone_cut,
-                },
-                batch_size=cfg.index.batch_size,
-                batch_format="numpy",
-                compute=ActorPoolStrategy(size=actors),
-                num_cpus=cfg.index.cpus_per_actor,
-                num_gpus=cfg.index.gpus_per_actor,
-                memory=cfg.index.backbone_actor_memory_mb * 2**20,
-            )
-        )
-        uri_of = {view_key(key, fraction): uri for key, uri in todo.items()}
-        for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-            ok = np.asarray([not e for e in batch["error"]], dtype=bool)
-            for key, err in zip(batch["key"], batch["error"], strict=True):
-                if err:
-                    errors[uri_of[str(key)]] = str(err)
-            cache.write([str(k) for k in batch["key"][ok]], np.asarray(batch["map"])[ok])
-            computed += int(ok.sum())
-            if progress is not None:
-                progress(len(ok))
+    for encoder_args, rows in passes:
+        if rows:
+            computed += _encode(cfg, rows, encoder_args, cache, errors, progress)
     for uri in errors:
         keys.pop(uri, None)
     elapsed = time.perf_counter() - started
     return cache, CacheResult(keys, sizes, computed, reused, elapsed, errors)
+
+
+def _encode(
+    cfg: Config,
+    rows: list[dict[str, Any]],
+    encoder_args: dict[str, Any],
+    cache: FeatureCache,
+    errors: dict[str, str],
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Run ``MapEncoder`` (an actor pool) over ``rows`` and append the maps to ``cache``;
+    unreadable images go to ``errors``. Returns the maps written."""
+    actors = cfg.index.embed_actors
+    encoded = (
+        ray.data.from_items(rows)
+        .repartition(max(1, min(len(rows) // cfg.index.batch_size + 1, 8 * actors)))
+        .map_batches(
+            MapEncoder,
+            fn_constructor_kwargs={
+                "storage_root": cfg.storage,
+                "storage_options": cfg.storage_options,
+                "arch": cfg.model.arch,
+                "backbone_url": cfg.model.backbone_url,
+                "max_pixels": cfg.index.max_pixels,
+                "cut": cfg.model.backbone_cut,
+                **encoder_args,
+            },
+            batch_size=cfg.index.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=cfg.index.cpus_per_actor,
+            num_gpus=cfg.index.gpus_per_actor,
+            memory=cfg.index.backbone_actor_memory_mb * 2**20,
+        )
+    )
+    views = encoder_args.get("views")
+    uri_of = {(view_key(row["key"], views[0]) if views else row["key"]): row["uri"] for row in rows}
+    written = 0
+    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+        ok = np.asarray([not e for e in batch["error"]], dtype=bool)
+        for key, err in zip(batch["key"], batch["error"], strict=True):
+            if err:
+                errors[uri_of[str(key)]] = str(err)
+        cache.write([str(k) for k in batch["key"][ok]], np.asarray(batch["map"])[ok])
+        written += int(ok.sum())
+        if progress is not None:
+            progress(len(ok))
+    return written

@@ -192,16 +192,18 @@ def fit(
     cache_id: str | None = None,
     backbone_sha256: str | None = None,
     image_sizes: dict[str, tuple[int, int]] | None = None,
+    box_keys: dict[str, str] | None = None,
 ) -> tuple[ModelArtifact, dict[str, Any]]:
     """Train with ``cfg.train.num_workers`` Ray Train workers; return the artifact and metrics.
 
     For a frozen backbone pass ``map_keys`` (image URI -> cache key), the ``cache_id`` of its
     feature cache and its ``backbone_sha256``: the workers train the heads on cached maps.
+    ``box_keys`` (image URI -> cache key of its box view) adds the box views' maps as rows.
     """
     storage = Storage(cfg.storage, cfg.storage_options)
     fs, root = storage.pyarrow_filesystem()
     datasets, batches_per_rank, vocab = training_datasets(
-        cfg, dataset_prefix, map_keys, cache_id, image_sizes
+        cfg, dataset_prefix, map_keys, cache_id, image_sizes, box_keys
     )
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = wants_gpu(cfg.train.use_gpu, cfg.train.num_workers, gpus)

@@ -36,6 +36,7 @@ def training_rows(
     views: Sequence[float] = (1.0,),
     keys: Mapping[str, str] | None = None,
     sizes: Mapping[str, tuple[int, int]] | None = None,
+    box_keys: Mapping[str, str] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """The rows a training job streams to its workers: ``(catalogue rows, photo rows)``.
 
@@ -43,9 +44,12 @@ def training_rows(
     ``source_uri`` (the stored image), ``view`` (its crop fraction), ``key`` (the feature
     cache's key of that view, from ``keys``: source URI -> content key; "" without a cache, and
     images without a key are left out), ``product_id``, ``category``, ``box`` (pixels of the
-    stored image; null where unknown, on catalogue rows and on every view but the first, whose
-    crop moves it) and ``width``/``height`` of the stored image (from ``sizes``, 0 when
-    unknown). The rows carry no pixels: readers attach the inputs.
+    stored image; four NaNs where unknown, on catalogue rows and on every view but the first,
+    whose crop moves it: never null, so that every block of rows has the same column type) and
+    ``width``/``height`` of the stored image (from ``sizes``, 0 when unknown). The rows carry
+    no pixels: readers attach the inputs. ``box_keys`` (source URI
+    -> cache key of its box view) adds one more row per image for the box view (``view`` 0,
+    URI tagged ``#view=box``), read from the cache like the others.
     """
     sizes = sizes or {}
 
@@ -73,7 +77,21 @@ def training_rows(
                         "key": view_key(keys[uri], fraction) if keys is not None else "",
                         "product_id": product,
                         "category": category,
-                        "box": None if box is None or index else [float(b) for b in box],
+                        "box": _NO_BOX if box is None or index else [float(b) for b in box],
+                        "width": int(width),
+                        "height": int(height),
+                    }
+                )
+            if box_keys is not None and uri in box_keys:
+                rows.append(
+                    {
+                        "image_uri": f"{uri}#view=box",
+                        "source_uri": uri,
+                        "view": 0.0,
+                        "key": box_keys[uri],
+                        "product_id": product,
+                        "category": category,
+                        "box": _NO_BOX,
                         "width": int(width),
                         "height": int(height),
                     }
@@ -82,6 +100,9 @@ def training_rows(
 
     return rows_of(catalog, False), rows_of(photos, True)
 
+
+#: The box of a row without one (a null would make blocks of such rows a different type).
+_NO_BOX = [float("nan")] * 4
 
 #: Columns of ``training_rows``.
 ROW_SCHEMA = pa.schema(
@@ -179,13 +200,14 @@ def _rows_and_reader(
     map_keys: Mapping[str, str] | None,
     cache_id: str | None,
     image_sizes: Mapping[str, tuple[int, int]] | None,
+    box_keys: Mapping[str, str] | None = None,
 ) -> tuple[pa.Table, pa.Table, type, dict[str, Any]]:
     """Catalogue rows, photo rows, and the reader (class, constructor arguments) that attaches
     their inputs."""
     storage = Storage(cfg.storage, cfg.storage_options)
     ds = read_dataset(storage, dataset_prefix)
     catalog_rows, photo_rows = training_rows(
-        ds.catalog, ds.queries_of("train"), cfg.model.views, map_keys, image_sizes
+        ds.catalog, ds.queries_of("train"), cfg.model.views, map_keys, image_sizes, box_keys
     )
     where = {"storage_root": cfg.storage, "storage_options": cfg.storage_options}
     if map_keys is None:
@@ -248,6 +270,7 @@ def training_datasets(
     map_keys: Mapping[str, str] | None = None,
     cache_id: str | None = None,
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
+    box_keys: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, ray.data.Dataset], int, dict[str, list[str]]]:
     """``({"catalog": ..., "train": ...}, batches per worker and epoch, vocabularies)`` for
     ``fit``.
@@ -257,7 +280,7 @@ def training_datasets(
     the whole set, so that every worker (holding a different shard) runs as many steps.
     """
     catalog_rows, photo_rows, reader, reader_args = _rows_and_reader(
-        cfg, dataset_prefix, map_keys, cache_id, image_sizes
+        cfg, dataset_prefix, map_keys, cache_id, image_sizes, box_keys
     )
     train = cfg.train
 

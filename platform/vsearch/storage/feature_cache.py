@@ -1,7 +1,8 @@
 """The feature-map cache: a frozen backbone runs once per image and view.
 
 ``features/<backbone id>/part-<uuid>.parquet`` files hold rows ``(key, map)``. ``key`` is the
-sha256 of the image's bytes, with ``@<fraction>`` for a centre-crop view (``view_key``); ``map``
+sha256 of the image's bytes, with ``@<fraction>`` for a centre-crop view (``view_key``) or
+``#box<x0,y0,x1,y1>+<margin>`` for a box view (``box_key``); ``map``
 is the ``(C, g, g)`` float16 backbone output as raw bytes (its shape is in the file's metadata).
 The backbone id names the network and its weights' digest, so a new backbone never reads
 another's maps. Parts are only ever added: a writer that dies leaves whole parts behind, and a
@@ -34,6 +35,18 @@ def content_key(data: bytes) -> str:
 def view_key(key: str, fraction: float) -> str:
     """The cache key of one view (centre crop ``fraction``) of the image with content ``key``."""
     return key if fraction >= 1.0 else f"{key}@{fraction:g}"
+
+
+def box_key(key: str, box: Sequence[float], margin: float) -> str:
+    """The cache key of the box view (``vsearch.imaging.box_crop``) of the image with content
+    ``key``, for a box already rounded by ``round_box``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return f"{key}#box{x0:.3f},{y0:.3f},{x1:.3f},{y1:.3f}+{margin:g}"
+
+
+def round_box(box: Sequence[float]) -> list[float]:
+    """A box rounded as box-view keys name it (crops are cut from the rounded box)."""
+    return [round(float(v), 3) for v in box]
 
 
 class FeatureCache:
