@@ -182,6 +182,9 @@ class TrainConfig(_Strict):
     margin: float = Field(0.2, gt=0)
     #: Weight of the click-log triplet loss beside the label (batch-hard) loss; 0 disables it.
     click_weight: float = Field(0.5, ge=0)
+    #: Epochs between checkpoints (the last epoch is always saved); a restarted or resumed run
+    #: goes back to the last one. Saving costs about a second an epoch on small runs.
+    checkpoint_every: int = Field(1, ge=1)
     #: Stop after this many seconds of training even if epochs remain (0: no limit).
     time_budget_s: float = Field(0, ge=0)
     seed: int = 0

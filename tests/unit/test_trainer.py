@@ -138,3 +138,12 @@ def test_gpu_use_follows_the_setting_and_the_cluster() -> None:
     assert not wants_gpu(False, 2, 8) and wants_gpu(True, 2, 2)
     with pytest.raises(ValueError, match="1 GPU\\(s\\) for 2 workers"):
         wants_gpu(True, 2, 1)
+
+
+def test_checkpoints_every_n_epochs_and_always_the_last() -> None:
+    from vsearch.runtime.training import saves_checkpoint
+
+    saved = [e for e in range(12) if saves_checkpoint(e, 12, 5, stopping=False)]
+    assert saved == [4, 9, 11]
+    assert [e for e in range(3) if saves_checkpoint(e, 3, 1, False)] == [0, 1, 2]
+    assert saves_checkpoint(6, 12, 5, stopping=True)  # a time budget ends the run here

@@ -157,6 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         budget = cfg.train.time_budget_s
         stop = _stop_everywhere(bool(budget) and elapsed >= budget)
+        save = saves_checkpoint(epoch, cfg.train.epochs, cfg.train.checkpoint_every, stop)
         if rank == 0:
             print(
                 f"[train] epoch {epoch + 1}/{cfg.train.epochs} loss={stats.loss:.4f} "
@@ -166,6 +167,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"elapsed={elapsed:.0f}s",
                 flush=True,
             )
+        if rank == 0 and save:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(
                     {
@@ -182,6 +184,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if stop:
             break
+
+
+def saves_checkpoint(epoch: int, epochs: int, every: int, stopping: bool) -> bool:
+    """Whether 0-based ``epoch`` ends with a checkpoint: every ``every`` epochs, the last one,
+    and the one a time budget stops at."""
+    return stopping or epoch + 1 >= epochs or (epoch + 1) % every == 0
 
 
 def fit(
