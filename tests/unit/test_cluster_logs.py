@@ -18,3 +18,14 @@ def test_setup_hook_resolves_and_quiets_the_placement_group_cleaner() -> None:
     hook()
     assert logger.getEffectiveLevel() == logging.ERROR
     assert not logger.isEnabledFor(logging.WARNING)
+
+
+def test_a_submitted_job_joins_its_cluster(monkeypatch) -> None:
+    from vsearch.config import RayConfig
+    from vsearch.runtime.cluster import SUBMITTED_JOB_ENV, session_address
+
+    monkeypatch.delenv(SUBMITTED_JOB_ENV, raising=False)
+    assert session_address(RayConfig()) == "local"
+    monkeypatch.setenv(SUBMITTED_JOB_ENV, '{"runtime_env": {}}')
+    assert session_address(RayConfig()) == "auto"
+    assert session_address(RayConfig(address="ray://head:10001")) == "ray://head:10001"

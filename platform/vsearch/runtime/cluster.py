@@ -70,11 +70,24 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+#: Set by Ray's job supervisor in the environment of a submitted job's driver.
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def session_address(cfg: RayConfig) -> str:
+    """The address a job's Ray session uses: ``cfg.address``, except that a job submitted to a
+    cluster (``ray job submit``) joins that cluster ("auto") instead of starting a private one."""
+    if cfg.address == "local" and os.environ.get(SUBMITTED_JOB_ENV):
+        return "auto"
+    return cfg.address
+
+
 @contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
     """Run the body inside Ray; start it (and shut it down after) unless already initialised.
 
-    ``address="local"`` always starts a new private cluster with ``num_cpus`` CPUs; any other
+    ``address="local"`` always starts a new private cluster with ``num_cpus`` CPUs, unless the
+    job was submitted with ``ray job submit`` (then it joins the cluster it runs on); any other
     address joins that cluster.
     """
     if ray.is_initialized():
@@ -82,8 +95,13 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         return
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    address = session_address(cfg)
+    if os.environ.get(SUBMITTED_JOB_ENV):
+        # A submitted job may bring a runtime env of its own (`--runtime-env-json`): combine it
+        # with the one below instead of refusing to start.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     kwargs: dict = {
-        "address": cfg.address,
+        "address": address,
         "include_dashboard": False,
         "log_to_driver": True,
         "logging_level": logging.WARNING,  # no "Started a local Ray instance" line
@@ -92,7 +110,7 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
             "worker_process_setup_hook": SETUP_HOOK,
         },
     }
-    if cfg.address == "local":
+    if address == "local":
         kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory

@@ -1,0 +1,74 @@
+"""``ray job submit`` against a running cluster: a tiny generate -> train -> reindex submitted
+through the job server of a local head runs on that cluster (it does not start a private Ray),
+succeeds, and its logs carry the jobs' summaries."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: A head node with the dashboard (and so the job server) on a given port, until stdin closes.
+HEAD = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+         dashboard_port=int(sys.argv[1]), logging_level="ERROR")
+print("ready", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from vsearch.runtime.cluster import free_port
+
+    port = free_port()
+    # The head requires a token (Ray's token auth); the job's driver inherits it, and the
+    # client sends it.
+    token = secrets.token_hex(16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # fmt: skip
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD, str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert head.stdout is not None and head.stdout.readline().strip() == "ready"
+        client = JobSubmissionClient(
+            f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+        )
+        vsearch = Path(sys.executable).with_name("vsearch")
+        common = f"--config configs/tiny.yaml --set storage={tmp_path}"
+        entry = " && ".join(f"{vsearch} {job} {common}" for job in ("generate", "train", "reindex"))
+        job = client.submit_job(
+            entrypoint=entry, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}
+        )
+        deadline = time.monotonic() + 600
+        status = client.get_job_status(job)
+        while not status.is_terminal() and time.monotonic() < deadline:
+            time.sleep(2)
+            status = client.get_job_status(job)
+        logs = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+        assert "== train ==" in logs and "== reindex ==" in logs
+        # Its driver joined this cluster: the job server saw it connect.
+        assert client.get_job_info(job).driver_info is not None
+        assert (tmp_path / "indexes" / "CURRENT").read_text().strip().startswith("i")
+    finally:
+        if head.stdin is not None:
+            head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
