@@ -6,6 +6,7 @@ Every model forbids unknown keys so a typo in a YAML file is an error, not a sil
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -492,11 +493,34 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node: Any, where: str) -> Any:
+    """``${NAME}`` in the config's strings replaced by the environment variable NAME (storage
+    URLs and the like, which a shipped config must not hold); an unset one is an error."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, where) for v in node]
+    if not isinstance(node, str):
+        return node
+
+    def lookup(match: re.Match[str]) -> str:
+        value = os.environ.get(match.group(1))
+        if not value:
+            raise ValueError(f"{where} needs the environment variable {match.group(1)}: set it")
+        return value
+
+    return _ENV_REFERENCE.sub(lookup, node)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a ``Config`` from a YAML file (or defaults when ``path`` is None) and apply overrides.
 
     ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML scalars, so
-    ``train.epochs=3`` gives an int and ``data.source=grocery`` a string.
+    ``train.epochs=3`` gives an int and ``data.source=grocery`` a string. ``${NAME}`` in a
+    string value is replaced by the environment variable NAME (it must be set).
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -510,4 +534,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return Config.model_validate(tree)
+    return Config.model_validate(_expand_env(tree, ""))

@@ -44,3 +44,17 @@ def test_cluster_yaml_has_launcher_sections() -> None:
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type"):
         assert key in conf
     assert conf["head_node_type"] in conf["available_node_types"]
+
+
+def test_prod_config_takes_its_storage_from_the_environment(monkeypatch) -> None:
+    import pytest
+
+    monkeypatch.delenv("VSEARCH_STORAGE", raising=False)
+    with pytest.raises(ValueError, match="storage needs the environment variable VSEARCH_STORAGE"):
+        load_config(REPO / "configs" / "prod.yaml")
+    monkeypatch.setenv("VSEARCH_STORAGE", "s3://bucket/vsearch")
+    cfg = load_config(REPO / "configs" / "prod.yaml")
+    assert cfg.storage == "s3://bucket/vsearch" and cfg.ray.address == "auto"
+    assert cfg.model.backbone_url == "s3://bucket/vsearch/models/xception_imagenet_fmap.onnx"
+    # cluster.yaml's commands name it.
+    assert "configs/prod.yaml" in (REPO / "cluster.yaml").read_text()
