@@ -43,7 +43,10 @@ class ImageBatchEmbedder:
         if not uri:
             return None, "missing: no image"
         url = resolve_uri(self.storage, self.dataset_prefix, str(uri))
-        return read_image(self.storage, url, self.max_pixels, 2 * self.embedder.input_size)
+        # A box view is cut from the image at the size the service decodes queries (4x the
+        # input side), so that catalogue and query crops have the same detail.
+        scale = 4 if self.embedder.box_margin is not None else 2
+        return read_image(self.storage, url, self.max_pixels, scale * self.embedder.input_size)
 
     def embed_uris(self, uris: Any) -> tuple[np.ndarray, list[str]]:
         """``(n, d) float32`` embeddings and per image ``""`` or why it was skipped (its row
