@@ -90,14 +90,15 @@ def _train_gallery(
         from vsearch.storage.feature_cache import FeatureCache, view_key
 
         cache_id, cached = cache_maps(cfg, uris, backbone, "feature maps (train photos)")
+        cache = FeatureCache(storage_of(cfg), cache_id)
+        views = embedder.views
+        maps = cache.read([view_key(k, v) for k in cached.keys.values() for v in views])
         box_keys: dict[str, str] = {}
         if embedder.box_margin is not None:  # the box views of this model's boxes
             box_keys = cache_box_views(
-                cfg, embedder, backbone, cached.keys, cache_id, "box views (train photos)"
+                cfg, embedder, backbone, cached.keys, cache_id, "box views (train photos)", maps
             )
-        views = embedder.views
-        wanted = [view_key(k, v) for k in cached.keys.values() for v in views]
-        maps = FeatureCache(storage_of(cfg), cache_id).read([*wanted, *box_keys.values()])
+            maps.update(cache.read(box_keys.values()))
 
         def have(uri: str) -> bool:
             key = cached.keys.get(uri)

@@ -46,13 +46,16 @@ def cache_box_views(
     keys: Mapping[str, str],
     cache_id: str,
     desc: str,
+    maps: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
     """Predict each image's subject box with ``embedder``'s heads from its cached first-view map
-    (``keys``: URI -> content key), cache the maps of those box views (a Ray Data job, only the
-    missing ones) and return URI -> box-view cache key."""
-    cache = FeatureCache(storage_of(cfg), cache_id)
+    (``keys``: URI -> content key; ``maps``: those maps by cache key when already read), cache
+    the maps of those box views (a Ray Data job, only the missing ones) and return URI ->
+    box-view cache key."""
     first = cfg.model.views[0]
-    maps = cache.read([view_key(k, first) for k in keys.values()])
+    if maps is None:
+        cache = FeatureCache(storage_of(cfg), cache_id)
+        maps = cache.read([view_key(k, first) for k in keys.values()])
     uris = [u for u, k in keys.items() if view_key(k, first) in maps]
     boxes: dict[str, list[float]] = {}
     for start in range(0, len(uris), 256):
@@ -60,7 +63,7 @@ def cache_box_views(
         predicted = embedder.boxes(np.stack([maps[view_key(keys[u], first)] for u in chunk]))
         boxes.update({u: round_box(b) for u, b in zip(chunk, predicted, strict=True)})
     with progress(len(boxes), desc, "map") as bar:
-        _, result = cache_feature_maps(cfg, uris, backbone, bar.update, boxes=boxes)
+        _, result = cache_feature_maps(cfg, uris, backbone, bar.update, boxes=boxes, known=keys)
     margin = cfg.model.box_margin
     return {u: box_key(result.keys[u], boxes[u], margin) for u in uris if u in result.keys}
 

@@ -128,17 +128,13 @@ class Embedder:
                     raise ValueError(
                         "this model embeds a box view too: pass the images or their box maps"
                     )
-                boxes = torch.cat([p.box for p in per_view[0]]).clamp(0, 1).cpu().numpy()
-                box_maps = self.box_maps(images, boxes)
+                box_maps = self.box_maps(images, _boxes(per_view[0]))
             per_view.append(self._heads(np.asarray(box_maps)))
         return self._combine(per_view, fmaps.shape[1])
 
     def boxes(self, fmaps: np.ndarray) -> np.ndarray:
         """Subject boxes ``(n, 4)`` predicted from maps of the first view ``(n, C, g, g)``."""
-        parts = self._heads(np.asarray(fmaps))
-        if not parts:
-            return np.zeros((0, 4), np.float32)
-        return torch.cat([p.box for p in parts]).clamp(0, 1).cpu().numpy().astype(np.float32)
+        return _boxes(self._heads(np.asarray(fmaps)))
 
     @torch.inference_mode()
     def _heads(self, view_maps: np.ndarray) -> list[NetOutput]:
@@ -161,11 +157,17 @@ class Embedder:
             )
         emb = torch.stack([torch.cat([p.embedding for p in parts]) for parts in per_view])
         logits = torch.stack([torch.cat([p.category_logits for p in parts]) for parts in per_view])
-        box = torch.cat([p.box for p in per_view[0]]).clamp(0, 1)
         mean = torch.nn.functional.normalize(emb.mean(dim=0), dim=1)
         probs = torch.softmax(logits, dim=2).mean(dim=0) if logits.shape[2] else logits[0]
         return Prediction(
             mean.cpu().numpy().astype(np.float32),
-            box.cpu().numpy().astype(np.float32),
+            _boxes(per_view[0]),
             probs.cpu().numpy().astype(np.float32),
         )
+
+
+def _boxes(parts: list[NetOutput]) -> np.ndarray:
+    """The boxes ``(n, 4) float32`` of one view's batched outputs, clipped to the image."""
+    if not parts:
+        return np.zeros((0, 4), np.float32)
+    return torch.cat([p.box for p in parts]).clamp(0, 1).cpu().numpy().astype(np.float32)

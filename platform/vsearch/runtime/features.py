@@ -154,35 +154,24 @@ def cache_feature_maps(
     backbone_bytes: bytes,
     progress: Callable[[int], None] | None = None,
     boxes: Mapping[str, Sequence[float]] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> tuple[FeatureCache, CacheResult]:
     """Make sure every image of ``uris`` has the maps of all ``cfg.model.views`` in the cache of
     ``cfg.model``'s backbone; with ``boxes`` (URI -> box, fractions), the maps of those box views
-    (``cfg.model.box_margin``) instead."""
+    (``cfg.model.box_margin``) instead. ``known`` (URI -> content key, from an earlier call)
+    skips hashing the images again (``sizes`` is then empty)."""
     started = time.perf_counter()
     storage = Storage(cfg.storage, cfg.storage_options)
     cache = FeatureCache(
         storage, backbone_id(cfg.model.arch, backbone_bytes, cfg.model.backbone_cut)
     )
-    unique = sorted(set(uris))
-    hashed = ray.data.from_items([{"uri": u} for u in unique]).map_batches(
-        ImageHasher,
-        fn_constructor_kwargs={"storage_root": cfg.storage, "storage_options": cfg.storage_options},
-        batch_size=256,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=1),
-        num_cpus=cfg.index.cpus_per_actor,
-    )
     keys: dict[str, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
     errors: dict[str, str] = {}
-    for batch in hashed.iter_batches(batch_size=None, batch_format="numpy"):
-        columns = (batch["uri"], batch["key"], batch["width"], batch["height"], batch["error"])
-        for uri, key, width, height, err in zip(*columns, strict=True):
-            if err:
-                errors[str(uri)] = str(err)
-            else:
-                keys[str(uri)] = str(key)
-                sizes[str(uri)] = (int(width), int(height))
+    if known is not None:
+        keys = {u: known[u] for u in set(uris) if u in known}
+    else:
+        _hash_images(cfg, sorted(set(uris)), keys, sizes, errors)
     cached = cache.keys()
     margin = cfg.model.box_margin
     # Passes of rows {"uri", "key"[, "box"]} still to encode: one per centre-crop view (adding a
@@ -220,6 +209,33 @@ def cache_feature_maps(
         keys.pop(uri, None)
     elapsed = time.perf_counter() - started
     return cache, CacheResult(keys, sizes, computed, reused, elapsed, errors)
+
+
+def _hash_images(
+    cfg: Config,
+    uris: list[str],
+    keys: dict[str, str],
+    sizes: dict[str, tuple[int, int]],
+    errors: dict[str, str],
+) -> None:
+    """Content key and header size of every image (``ImageHasher`` on Ray Data), into ``keys``
+    and ``sizes``; why an image cannot be read, into ``errors``."""
+    hashed = ray.data.from_items([{"uri": u} for u in uris]).map_batches(
+        ImageHasher,
+        fn_constructor_kwargs={"storage_root": cfg.storage, "storage_options": cfg.storage_options},
+        batch_size=256,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=cfg.index.cpus_per_actor,
+    )
+    for batch in hashed.iter_batches(batch_size=None, batch_format="numpy"):
+        columns = (batch["uri"], batch["key"], batch["width"], batch["height"], batch["error"])
+        for uri, key, width, height, err in zip(*columns, strict=True):
+            if err:
+                errors[str(uri)] = str(err)
+            else:
+                keys[str(uri)] = str(key)
+                sizes[str(uri)] = (int(width), int(height))
 
 
 def _encode(
