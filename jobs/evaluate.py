@@ -30,6 +30,7 @@ from vsearch.eval.quality import (
     quality_markdown,
 )
 from vsearch.eval.retrieval import evaluate_retrieval
+from vsearch.imaging import QUERY_DECODE_SCALE
 from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
@@ -113,7 +114,7 @@ def _train_gallery(
         boxed = np.stack([maps[box_keys[u]] for u in good]) if box_keys else None
         pred = embedder.predict_maps(stack, box_maps=boxed)
         return pred, _pooled(stack[0], finish), train.filter(pa.array(ok))
-    side = 4 * embedder.input_size
+    side = QUERY_DECODE_SCALE * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
     return embedder.predict(images), None, train.filter(pa.array(ok))
 
@@ -154,7 +155,7 @@ def main(
     cut = artifact.config.backbone_cut
     finish = pretrained_tail(backbone, cut) if frozen and cut else None
     urls = queries["image_uri"].to_pylist()
-    side = 4 * embedder.input_size
+    side = QUERY_DECODE_SCALE * embedder.input_size
     q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, side, "reading queries")
     queries = queries.filter(pa.array(ok))
     # The service's path: backbone maps, then the heads (one forward pass).

@@ -34,7 +34,7 @@ from serve.api_models import (
 )
 from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
-from vsearch.imaging import ImageDecodeError, decode_image, sniff_media_type
+from vsearch.imaging import QUERY_DECODE_SCALE, ImageDecodeError, decode_image, sniff_media_type
 from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
 from vsearch.index.text import TextChannel
 from vsearch.rank.hybrid import rank_products
@@ -223,7 +223,7 @@ class _Served:
             model_categories=list(artifact.categories),
             shards=len(manifest.shards),
             catalog_images=manifest.total_count,
-            max_side=4 * artifact.spec.input_size,
+            max_side=QUERY_DECODE_SCALE * artifact.spec.input_size,
             text=manifest.text is not None,
         )
 

@@ -78,6 +78,19 @@ def decode_image(
     return array
 
 
+#: Photos are decoded with their longer side at most this many times the network's input side:
+#: a query (and a box view, cut from the photo) at 4x keeps the detail of a small subject; images
+#: that only give centre-crop views to the feature cache or the reindex need 2x.
+QUERY_DECODE_SCALE = 4
+CENTRE_DECODE_SCALE = 2
+
+
+def decode_side(input_size: int, box_view: bool) -> int:
+    """The largest side to decode a catalogue or training image at, for a network of input side
+    ``input_size`` (with a box view, the query's size, so that crops carry the same detail)."""
+    return (QUERY_DECODE_SCALE if box_view else CENTRE_DECODE_SCALE) * input_size
+
+
 def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     """The centre of an ``(H, W, 3)`` image keeping ``fraction`` of each side (a view)."""
     if fraction >= 1.0:

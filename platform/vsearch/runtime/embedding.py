@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vsearch.imaging import decode_side
 from vsearch.storage.artifacts import ModelStore
 from vsearch.storage.datasets import resolve_uri
 from vsearch.storage.fs import Storage
@@ -43,10 +44,8 @@ class ImageBatchEmbedder:
         if not uri:
             return None, "missing: no image"
         url = resolve_uri(self.storage, self.dataset_prefix, str(uri))
-        # A box view is cut from the image at the size the service decodes queries (4x the
-        # input side), so that catalogue and query crops have the same detail.
-        scale = 4 if self.embedder.box_margin is not None else 2
-        return read_image(self.storage, url, self.max_pixels, scale * self.embedder.input_size)
+        side = decode_side(self.embedder.input_size, self.embedder.box_margin is not None)
+        return read_image(self.storage, url, self.max_pixels, side)
 
     def embed_uris(self, uris: Any) -> tuple[np.ndarray, list[str]]:
         """``(n, d) float32`` embeddings and per image ``""`` or why it was skipped (its row

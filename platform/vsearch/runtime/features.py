@@ -18,7 +18,14 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vsearch.config import Config
-from vsearch.imaging import ImageDecodeError, box_crop, centre_crop, decode_image, image_size
+from vsearch.imaging import (
+    ImageDecodeError,
+    box_crop,
+    centre_crop,
+    decode_image,
+    decode_side,
+    image_size,
+)
 from vsearch.models.encoder import run_backbone
 from vsearch.models.onnx_backbone import backbone_id
 from vsearch.models.registry import create_backbone
@@ -94,8 +101,7 @@ class MapEncoder:
         for uri in batch["uri"]:
             try:
                 data = self.storage.read_bytes(str(uri))
-                # A box crop is cut from the image at the service's decode size (4x the input).
-                side = (4 if self.box_margin is not None else 2) * spec.input_size
+                side = decode_side(spec.input_size, box_view=self.box_margin is not None)
                 images.append(decode_image(data, self.max_pixels, side))
                 errors.append("")
             except OSError as exc:
