@@ -51,9 +51,18 @@ def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path)
         vsearch = Path(sys.executable).with_name("vsearch")
         common = f"--config configs/tiny.yaml --set storage={tmp_path}"
         entry = " && ".join(f"{vsearch} {job} {common}" for job in ("generate", "train", "reindex"))
-        job = client.submit_job(
-            entrypoint=entry, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}
-        )
+        # The head's job agent comes up a little after the dashboard: retry until it takes jobs.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                job = client.submit_job(
+                    entrypoint=entry, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}
+                )
+                break
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         deadline = time.monotonic() + 600
         status = client.get_job_status(job)
         while not status.is_terminal() and time.monotonic() < deadline:

@@ -27,5 +27,10 @@ def test_a_submitted_job_joins_its_cluster(monkeypatch) -> None:
     monkeypatch.delenv(SUBMITTED_JOB_ENV, raising=False)
     assert session_address(RayConfig()) == "local"
     monkeypatch.setenv(SUBMITTED_JOB_ENV, '{"runtime_env": {}}')
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert session_address(RayConfig()) == "auto"
+    # The supervisor names the GCS of the cluster the job was submitted to: that one, not the
+    # cluster started last on the machine.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert session_address(RayConfig()) == "10.0.0.5:6379"
     assert session_address(RayConfig(address="ray://head:10001")) == "ray://head:10001"

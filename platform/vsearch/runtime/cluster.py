@@ -76,9 +76,11 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 def session_address(cfg: RayConfig) -> str:
     """The address a job's Ray session uses: ``cfg.address``, except that a job submitted to a
-    cluster (``ray job submit``) joins that cluster ("auto") instead of starting a private one."""
+    cluster (``ray job submit``) joins that cluster instead of starting a private one: the GCS
+    address its job supervisor puts in ``RAY_ADDRESS`` ("auto" would take the cluster started
+    last on the machine, which need not be the one the job was submitted to)."""
     if cfg.address == "local" and os.environ.get(SUBMITTED_JOB_ENV):
-        return "auto"
+        return os.environ.get("RAY_ADDRESS") or "auto"
     return cfg.address
 
 
