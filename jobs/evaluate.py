@@ -139,8 +139,7 @@ def main(
     shards = store.load_shards(manifest)
     # What the version serves: tombstoned rows of a delta version are left out.
     live = [s.live_rows() for s in shards]
-    catalog_vectors = np.concatenate([s.vectors[r] for s, r in zip(shards, live, strict=True)])
-    catalog_vectors = catalog_vectors.astype(np.float32)
+    catalog_vectors = np.concatenate([s.float_rows(r) for s, r in zip(shards, live, strict=True)])
     catalog_meta = pa.concat_tables(
         [
             s.meta.select(list(META_COLUMNS)).take(pa.array(r))

@@ -106,15 +106,23 @@ def test_codec_agrees_with_faiss() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "atol", "same"), [("float32", 1e-5, 0.99), ("float16", 5e-4, 0.95)]
+    ("dtype", "atol", "same", "row_bytes"),
+    [("float32", 1e-5, 0.99, 256), ("float16", 5e-4, 0.95, 128), ("int8", 5e-3, 0.9, 68)],
 )
-def test_shard_full_shortlist_equals_exact(dtype: str, atol: float, same: float) -> None:
+def test_shard_full_shortlist_equals_exact(
+    dtype: str, atol: float, same: float, row_bytes: int
+) -> None:
     rng = np.random.default_rng(2)
     x, q = _unit(rng, 300, 64), _unit(rng, 25, 64)
     shard = ShardIndex.build("s", x, _meta(300), rescore_dtype=dtype)
     assert len(shard) == 300 and shard.dim == 64 and shard.name == "s"
-    assert shard.vectors.dtype == np.dtype(dtype)
-    assert shard.disk_bytes == 300 * 64 * np.dtype(dtype).itemsize
+    assert shard.rescore_dtype == dtype
+    assert shard.disk_bytes == 300 * row_bytes
+    np.testing.assert_allclose(shard.float_rows(), x, atol=atol)
+    np.testing.assert_allclose(shard.float_rows(np.array([7, 3])), x[[7, 3]], atol=atol)
+    # One query at a time (the service's path) scores as the batch does.
+    one = shard.search(q[:1], 10, shortlist=300)
+    np.testing.assert_allclose(one[0], shard.search(q[:2], 10, shortlist=300)[0][:1], atol=1e-6)
     scores, ids = shard.search(q, 10, shortlist=300)
     assert scores.dtype == np.float32 and ids.dtype == np.int64 and scores.shape == (25, 10)
     exact_scores, exact_ids = _exact_topk(q, x, 10)
@@ -157,9 +165,7 @@ def test_shard_normalises_and_validates() -> None:
     rng = np.random.default_rng(5)
     x = rng.standard_normal((20, 16)).astype(np.float32) * 3
     shard = ShardIndex.build("s", x, _meta(20))
-    np.testing.assert_allclose(
-        np.linalg.norm(shard.vectors.astype(np.float32), axis=1), 1.0, atol=1e-3
-    )
+    np.testing.assert_allclose(np.linalg.norm(shard.float_rows(), axis=1), 1.0, atol=1e-2)
     assert shard.meta.schema.field("quality").type == pa.float32()
     with pytest.raises(ValueError):
         ShardIndex.build("s", x[:, :12], _meta(20))  # width not a multiple of 8
@@ -190,6 +196,23 @@ def test_shard_round_trip() -> None:
     assert again.to_bytes()[SHARD_FILES[0]] == files[SHARD_FILES[0]]
     with pytest.raises(ValueError):
         ShardIndex.from_bytes("rt", {k: v for k, v in files.items() if k != "vectors.npy"})
+
+
+def test_int8_shard_round_trips_through_a_memory_map(tmp_path) -> None:
+    x, q = _clustered(seed=8, n=400, d=64, clusters=10, nq=30)
+    shard = ShardIndex.build("i8", x, _meta(400), rescore_dtype="int8")
+    files = shard.to_bytes()
+    (tmp_path / "vectors.npy").write_bytes(files["vectors.npy"])
+    mapped = np.load(tmp_path / "vectors.npy", mmap_mode="r", allow_pickle=False)
+    again = ShardIndex.from_bytes("i8", files, shortlist=50, vectors=mapped)
+    assert isinstance(again.vectors, np.memmap) and again.rescore_dtype == "int8"
+    s1, i1 = shard.search(q, 7, 50)
+    s2, i2 = again.search(q, 7)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(i1, i2)
+    with pytest.raises(ValueError, match="int8 records"):
+        bad = np.zeros(400, dtype=[("q", "i2", (64,)), ("s", "<f4")])
+        ShardIndex.from_bytes("i8", files, vectors=bad)
 
 
 # --- manifest ----------------------------------------------------------------------------------
@@ -324,7 +347,9 @@ def _category_setup():
     x, q = _clustered(seed=9, n=600, d=64, clusters=12, nq=20)
     cats = [["shoes", "bags", "drinks/soda"][i % 3] for i in range(len(x))]
     meta = _meta(len(x), cats)
-    index = ShardedIndex.from_built(build_shards(x, meta, buckets_per_category=3))
+    # float32 rescoring: the merge is checked against exact search score for score.
+    built = build_shards(x, meta, buckets_per_category=3, rescore_dtype="float32")
+    index = ShardedIndex.from_built(built)
     return x, q, np.array(cats), meta, index
 
 

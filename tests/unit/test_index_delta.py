@@ -89,7 +89,7 @@ def test_add_delete_update_are_searchable_before_the_next_reindex(tmp_path: Path
     # by its new vector and its old vector no longer brings it back.
     found = _top(store, np.concatenate([new_x, base_x[[1, 2, 3, 10]]]))
     for i, image_id in enumerate(new_ids):
-        assert found[i][0][0] == image_id and found[i][0][1] == pytest.approx(1.0, abs=2e-3)
+        assert found[i][0][0] == image_id and found[i][0][1] == pytest.approx(1.0, abs=5e-3)
     returned = {image_id for row in found for image_id, _ in row}
     assert not returned & {"img-001", "img-002", "img-003"}
     old_10 = found[len(new_ids) + 3]

@@ -44,7 +44,7 @@ def _recall(
 ) -> float:
     """Held-out recall@k: each probe's own row left out of both lists."""
     _, found = shard.search(probes, k + 1, shortlist + 1)
-    truth = exact_rows(shard.vectors, probes, k, exclude=rows)
+    truth = exact_rows(shard.float_rows(), probes, k, exclude=rows)
     got = [[r for r in f if r != own][:k] for f, own in zip(found, rows, strict=True)]
     return float(np.mean([len(set(g) & set(t)) / k for g, t in zip(got, truth, strict=True)]))
 
@@ -81,10 +81,10 @@ def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
     assert tuned.reached and tuned.recall >= 0.9 and tuned.probes == 200
     assert 10 <= tuned.shortlist < 4000  # cheaper than exhaustive search
     # Held out: other probes (another seed) still reach about the target.
-    rows, held_out = probe_queries(shard.vectors, 300, 0.0, seed=7)
+    rows, held_out = probe_queries(shard.float_rows(), 300, 0.0, seed=7)
     assert _recall(shard, rows, held_out, 10, tuned.shortlist) >= 0.87
     # It is the cheapest such shortlist: the next smaller one tried falls short on the probes.
-    rows, probes = probe_queries(shard.vectors, 200, 0.0, seed=0)
+    rows, probes = probe_queries(shard.float_rows(), 200, 0.0, seed=0)
     smaller = [s for s in (10, 16, 24, 32, 48, 64, 96, 128, 192, 256) if s < tuned.shortlist]
     if smaller:
         assert _recall(shard, rows, probes, 10, smaller[-1]) < 0.9
@@ -112,7 +112,7 @@ def test_built_shards_carry_their_tuning_into_search_and_manifest() -> None:
         assert entry.shortlist == b.index.shortlist == b.tuning.shortlist
         assert entry.recall is not None and entry.recall >= 0.9
         assert entry.recall_k == 10 and entry.recall_target == 0.9 and entry.probes == 100
-        q = probe_queries(b.index.vectors, 5, 1.0, seed=2)[1]
+        q = probe_queries(b.index.float_rows(), 5, 1.0, seed=2)[1]
         assert np.array_equal(b.index.search(q, 5)[1], b.index.search(q, 5, entry.shortlist)[1])
     untuned = build_shards(x, meta, 1, tuning=None)
     assert untuned[0].package()[0].shortlist is None
@@ -134,12 +134,12 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     x = _clustered(6000, seed=4)
     shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000, large_engine=engine)
     assert shard.engine.startswith(prefix) and shard.nprobe is not None
-    assert shard.resident_bytes < shard.disk_bytes  # codes are smaller than float16 vectors
+    assert shard.resident_bytes < shard.disk_bytes  # codes are smaller than the rescoring rows
     assert ShardIndex.build("f", x[:100], _meta(100), ivf_above=5000).engine == "BFlat"
     tuned = tune_search(shard, TuningSpec(target=0.9, probes=150))
     assert tuned.reached and tuned.nprobe is not None and tuned.recall >= 0.9
     assert (shard.shortlist, shard.nprobe) == (tuned.shortlist, tuned.nprobe)
-    rows, held_out = probe_queries(shard.vectors, 300, 0.0, seed=9)
+    rows, held_out = probe_queries(shard.float_rows(), 300, 0.0, seed=9)
     assert _recall(shard, rows, held_out, 10, tuned.shortlist) >= 0.85
     # Settings survive serialisation (the manifest carries them to the searchers).
     again = ShardIndex.from_bytes("s", shard.to_bytes(), tuned.shortlist, tuned.nprobe)
@@ -148,7 +148,7 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     # Probing one list can find fewer candidates than asked: padding, never a wrong row.
     scores, found = shard.search(held_out[:50], 10, shortlist=4000, nprobe=1)
     assert ((found >= 0) | np.isneginf(scores)).all()
-    exact = held_out[:50] @ shard.vectors.astype(np.float32).T
+    exact = l2_normalise(held_out[:50]) @ shard.float_rows().T  # search normalises queries
     ok = found >= 0
     assert np.allclose(
         scores[ok], np.take_along_axis(exact, np.maximum(found, 0), 1)[ok], atol=1e-3

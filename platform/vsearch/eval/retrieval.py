@@ -70,7 +70,7 @@ def evaluate_retrieval(
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
-    rescore_dtype: str = "float16",
+    rescore_dtype: str = "int8",
     routes: Sequence[list[str] | None] | None = None,
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).

@@ -59,7 +59,7 @@ def plan_delta(
     delete_ids: Sequence[str],
     buckets_per_category: int,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
-    rescore_dtype: str = "float16",
+    rescore_dtype: str = "int8",
 ) -> DeltaPlan:
     """Plan a delta version over ``manifest``: add ``add_vectors`` (n, d) with ``add_meta`` (n
     rows with :data:`META_COLUMNS`; an id the index already holds is replaced) and delete
@@ -97,7 +97,7 @@ def plan_delta(
             found.update(ids[live][hit].tolist())
             keep = live[~hit]
             if len(keep):
-                vectors = np.asarray(shard.vectors[keep], dtype=np.float32)
+                vectors = shard.float_rows(keep)
                 meta = shard.meta.select(list(META_COLUMNS)).take(pa.array(keep))
                 pooled.setdefault((entry.category, entry.bucket), []).append((vectors, meta))
             continue

@@ -11,10 +11,12 @@ inner-product rescoring of the shortlist with the float vectors. The codes are o
   ranks the candidates; that estimate tracks cosine far better than the Hamming distance of raw
   sign bits, so a much shorter shortlist reaches the same recall.
 
-The rescoring vectors are float16 by default (float32 on request), kept in their own ``.npy``
-file so that a searcher can memory-map it instead of loading it (:meth:`ShardIndex.from_bytes`
-takes an already opened array): only the codes are resident. Serialisation is to and from
-``bytes``; the storage layer writes and maps the files.
+The rescoring vectors are float16 by default, float32 or int8 on request, kept in their own
+``.npy`` file so that a searcher can memory-map it instead of loading it
+(:meth:`ShardIndex.from_bytes` takes an already opened array): only the codes are resident. int8
+rows carry their own scale (a record of ``d`` int8 values and one float32: ``d + 4`` bytes a row);
+numpy widens int8 several times faster than float16, so int8 rescoring is the cheaper of the two.
+Serialisation is to and from ``bytes``; the storage layer writes and maps the files.
 """
 
 from __future__ import annotations
@@ -52,7 +54,54 @@ _RESCORE_FLOATS = 1 << 24
 #: Engines a large shard can get (``index.large_engine``): RaBitQ codes or Hamming sign bits.
 LARGE_ENGINES: tuple[str, ...] = ("rabitq", "bivf")
 #: Dtypes the rescoring vectors can be stored in (``index.rescore_dtype``).
-RESCORE_DTYPES: tuple[str, ...] = ("float16", "float32")
+RESCORE_DTYPES: tuple[str, ...] = ("float16", "float32", "int8")
+
+
+def int8_rows(dim: int) -> np.dtype:
+    """The record an int8 rescoring row is stored as: ``q`` (``dim`` int8 values) and ``s`` (its
+    float32 scale); the row is ``q * s``."""
+    return np.dtype([("q", "i1", (dim,)), ("s", "<f4")])
+
+
+def store_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """(n, d) float vectors as stored rescoring rows of ``dtype`` (:data:`RESCORE_DTYPES`): a
+    float array, or for int8 an (n,) record array of :func:`int8_rows` with each row scaled so
+    its largest magnitude is 127 (products of unit vectors then stay within about 3e-3 at
+    128 d, 5e-3 at 32 d)."""
+    if dtype != "int8":
+        return np.ascontiguousarray(vectors.astype(dtype))
+    x = np.asarray(vectors, dtype=np.float32)
+    peak = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    out = np.empty(len(x), dtype=int8_rows(x.shape[1]))
+    out["q"] = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    out["s"] = scale
+    return out
+
+
+def rows_dtype(vectors: np.ndarray) -> str | None:
+    """The :data:`RESCORE_DTYPES` name of stored rescoring rows; None when they are not such."""
+    names = vectors.dtype.names
+    if names == ("q", "s") and vectors.ndim == 1 and vectors.dtype["q"].base == np.int8:
+        if vectors.dtype["q"].ndim == 1 and vectors.dtype["s"] == np.float32:
+            return "int8"
+        return None
+    if names is None and vectors.ndim == 2 and vectors.dtype.name in ("float16", "float32"):
+        return vectors.dtype.name
+    return None
+
+
+def rows_dim(vectors: np.ndarray) -> int:
+    """Width ``d`` of stored rescoring rows."""
+    return int(vectors.dtype["q"].shape[0]) if vectors.dtype.names else int(vectors.shape[1])
+
+
+def decode_rows(vectors: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+    """Stored rescoring rows ``rows`` as float32 (the int8 ones times their scales)."""
+    picked = vectors[rows]
+    if vectors.dtype.names:
+        return picked["q"].astype(np.float32) * picked["s"][..., None]
+    return picked.astype(np.float32)
 
 
 def rabitq_lists(n: int) -> int:
@@ -85,8 +134,8 @@ def _check_meta(meta: pa.Table, rows: int) -> pa.Table:
 class ShardIndex:
     """A searchable shard of ``len(self)`` rows of width ``dim``.
 
-    Holds a FAISS index (:attr:`engine`) over the binary codes, the (n, d) L2-normalised rescoring
-    vectors (float16 or float32, possibly memory-mapped) and a metadata table with at least
+    Holds a FAISS index (:attr:`engine`) over the binary codes, the n L2-normalised rescoring
+    rows (float16, float32 or int8 with scales, possibly memory-mapped) and a metadata table with at least
     :data:`META_COLUMNS` (quality and popularity as float32), row ``i`` of each describing the
     same image. Build with :meth:`build` or :meth:`from_bytes`.
     """
@@ -108,11 +157,12 @@ class ShardIndex:
         self._binary = isinstance(index, faiss.IndexBinary)
         #: Inverted lists a float-code ("RaBitQ") search probes; binary IVFs keep theirs inside.
         self._float_nprobe = 1
+        self._ivf_params: dict[int, faiss.SearchParametersIVF] = {}
         self._vectors = vectors
         if vectors.flags.writeable:
             self._vectors.setflags(write=False)
         self._meta = meta
-        self._codec = BinaryCodec(vectors.shape[1])
+        self._codec = BinaryCodec(rows_dim(vectors))
         #: Rows deleted since the shard was built (tombstones), as a mask; None: none.
         self._deleted: np.ndarray | None = None
         self._tombstones = 0
@@ -125,7 +175,7 @@ class ShardIndex:
         meta: pa.Table,
         ivf_above: int | None = None,
         large_engine: str = "rabitq",
-        rescore_dtype: str = "float16",
+        rescore_dtype: str = "int8",
     ) -> ShardIndex:
         """Build a shard from (n, d) float vectors and an n-row metadata table.
 
@@ -178,7 +228,7 @@ class ShardIndex:
                 index = faiss.IndexBinaryFlat(codec.dim)
             if n:
                 index.add(codes)
-        shard = cls(name, index, np.ascontiguousarray(vectors.astype(rescore_dtype)), meta)
+        shard = cls(name, index, store_rows(vectors, rescore_dtype), meta)
         shard.nprobe = 16
         return shard
 
@@ -231,7 +281,7 @@ class ShardIndex:
 
     @property
     def disk_bytes(self) -> int:
-        """Bytes of the rescoring vectors (``n * d * 2`` as float16)."""
+        """Bytes of the rescoring rows (``n * d * 2`` as float16, ``n * (d + 4)`` as int8)."""
         return int(self._vectors.nbytes)
 
     @property
@@ -242,13 +292,22 @@ class ShardIndex:
     @property
     def dim(self) -> int:
         """Width ``d`` of the float vectors."""
-        return int(self._vectors.shape[1])
+        return rows_dim(self._vectors)
+
+    @property
+    def rescore_dtype(self) -> str:
+        """How the rescoring rows are stored: one of :data:`RESCORE_DTYPES`."""
+        return str(rows_dtype(self._vectors))
 
     @property
     def vectors(self) -> np.ndarray:
-        """(n, d) L2-normalised rescoring vectors (float16 or float32, possibly memory-mapped),
-        read-only."""
+        """The stored rescoring rows, read-only and possibly memory-mapped: (n, d) float16 or
+        float32, or (n,) int8 records (:func:`int8_rows`). :meth:`float_rows` decodes them."""
         return self._vectors
+
+    def float_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(len(rows), d) float32 rescoring vectors of ``rows`` (None: all rows)."""
+        return decode_rows(self._vectors, slice(None) if rows is None else rows)
 
     @property
     def meta(self) -> pa.Table:
@@ -323,6 +382,8 @@ class ShardIndex:
         if self._deleted is not None:
             cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
         kk = min(k, n_cand)
+        if m == 1 and kk == k:  # one query (the service's call): no blocks to assemble
+            return _rescore(queries, self._vectors, cand, k)
         step = max(1, _RESCORE_FLOATS // (n_cand * self.dim))
         for start in range(0, m, step):
             block = slice(start, start + step)
@@ -335,7 +396,9 @@ class ShardIndex:
         """(m, n_cand) int64 candidate rows (-1 where an inverted file found fewer)."""
         if not self._binary:
             probe = self._float_nprobe if nprobe is None else max(1, min(nprobe, self.nlist or 1))
-            params = faiss.SearchParametersIVF(nprobe=probe)
+            params = self._ivf_params.get(probe)
+            if params is None:  # made once per nprobe: a SWIG object costs microseconds a query
+                params = self._ivf_params[probe] = faiss.SearchParametersIVF(nprobe=probe)
             return self._index.search(queries, n_cand, params=params)[1]
         tuned = self.nprobe
         try:
@@ -394,13 +457,15 @@ class ShardIndex:
         if vectors is None:
             vectors = np.load(io.BytesIO(files[VECTORS_FILE]), allow_pickle=False)
         meta = pq.read_table(pa.BufferReader(files[META_FILE]))
-        if vectors.ndim != 2 or vectors.dtype.name not in RESCORE_DTYPES:
-            raise ValueError(f"shard {name!r}: vectors must be (n, d) float16 or float32")
+        if rows_dtype(vectors) is None:
+            raise ValueError(
+                f"shard {name!r}: vectors must be (n, d) float16 or float32, or int8 records"
+            )
         bits = index.d
-        if bits != vectors.shape[1] or index.ntotal != vectors.shape[0]:
+        if bits != rows_dim(vectors) or index.ntotal != vectors.shape[0]:
             raise ValueError(
                 f"shard {name!r}: the code index ({index.ntotal} x {bits} d) does not match "
-                f"vectors {vectors.shape}"
+                f"vectors ({vectors.shape[0]} x {rows_dim(vectors)} d)"
             )
         meta = _check_meta(meta, vectors.shape[0])
         shard = cls(name, index, vectors, meta, shortlist)
@@ -413,20 +478,33 @@ def _rescore(
     queries: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` of candidate rows: queries (b, d), cand (b, c) int64 -> (b, k) x 2.
-    ``vectors`` may be float16 (widened to float32 for the products). A candidate -1 (an
-    inverted file that found fewer) stays -1 with score ``-inf``, last."""
+    ``vectors`` are stored rows (float16 and int8 widened to float32 for the products). A
+    candidate -1 (an inverted file that found fewer) stays -1 with score ``-inf``, last."""
     if queries.shape[0] == 1:  # one query (the service's usual call): plain 1-D numpy
         c = cand[0]
         c = c[c >= 0]
-        sims1 = vectors[c].astype(np.float32, copy=False) @ queries[0]
+        if vectors.dtype.names:  # int8 records: product of the int8 values, times the scale
+            picked = vectors[c]
+            sims1 = (picked["q"].astype(np.float32) @ queries[0]) * picked["s"]
+        else:
+            sims1 = vectors[c].astype(np.float32, copy=False) @ queries[0]
+        if len(c) > 4 * k:  # keep the k best (ties at the cut by lower row) before sorting
+            cut = np.partition(sims1, len(c) - k)[len(c) - k]
+            keep = sims1 >= cut
+            c, sims1 = c[keep], sims1[keep]
         top = np.lexsort((c, -sims1))[:k]
         out_s = np.full((1, k), -np.inf, dtype=np.float32)
         out_r = np.full((1, k), -1, dtype=np.int64)
         out_s[0, : len(top)], out_r[0, : len(top)] = sims1[top], c[top]
         return out_s, out_r
     valid = cand >= 0
-    gathered = vectors[np.where(valid, cand, 0)].astype(np.float32, copy=False)
-    sims = np.matmul(gathered, queries[:, :, None])[:, :, 0]
+    picked = vectors[np.where(valid, cand, 0)]
+    if vectors.dtype.names:
+        sims = np.matmul(picked["q"].astype(np.float32), queries[:, :, None])[:, :, 0]
+        sims *= picked["s"]
+    else:
+        gathered = picked.astype(np.float32, copy=False)
+        sims = np.matmul(gathered, queries[:, :, None])[:, :, 0]
     sims = np.where(valid, sims, np.float32(-np.inf))
     if k < sims.shape[1] and sims.shape[1] > 4 * k:
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]

@@ -185,8 +185,10 @@ def tune_search(
         # Nothing to shortlist: any search returns the shard's one row (or none).
         shard.shortlist = spec.k
         return Tuning(spec.k, 1.0, spec.k, 0, spec.target, True, shard.nprobe)
-    rows, probes = probe_queries(shard.vectors, spec.probes, spec.noise, spec.seed)
-    truth = exact_rows(shard.vectors, probes, spec.k, exclude=rows)
+    vectors = shard.float_rows()
+    rows, probes = probe_queries(vectors, spec.probes, spec.noise, spec.seed)
+    truth = exact_rows(vectors, probes, spec.k, exclude=rows)
+    del vectors
     if shard.nprobe is None:
         best = _smallest_shortlist(shard, rows, probes, truth, spec, shortlists, None)
     else:
