@@ -7,6 +7,7 @@
     vsearch index list|publish VERSION|rollback|gc --keep N   index versions on storage
     vsearch index add|update ROWS.parquet | delete IDS   change the served index between reindexes
     vsearch serve                serve the published index until Ctrl-C
+    vsearch runs list|show RUN   the record every job leaves on storage (runs/<id>.json)
     vsearch search --url URL [--text WORDS] photo.jpg
 
 Every subcommand takes ``--config FILE`` and repeatable ``--set section.key=value`` overrides.
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("ids", help="Parquet file with image_id, or a text file of one id a line")
     sub.add_parser("serve", parents=[common], help="serve the published index")
+    runs = sub.add_parser("runs", parents=[common], help="records of the jobs run on storage")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_sub.add_parser("list", parents=[common], help="the newest runs, a line each")
+    runs_list.add_argument("--limit", type=int, default=20, help="newest runs shown")
+    runs_list.add_argument("--job", help="only this job (e.g. reindex, nightly, index)")
+    show = runs_sub.add_parser("show", parents=[common], help="one run's whole record (JSON)")
+    show.add_argument("run_id", help="a run id, a unique prefix of one, or 'latest'")
     search = sub.add_parser("search", help="query a running service with an image file")
     search.add_argument("--url", required=True, help="service URL, e.g. http://127.0.0.1:8123")
     search.add_argument("--k", type=int, default=10)
@@ -158,13 +166,55 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"vsearch: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "runs":
+        return _runs(cfg, args)
+    job = _recorded_job(args)
     try:
-        return _run(cfg, args)
+        if job is None:
+            return _run(cfg, args)
+        from jobs.common import recorded_run
+
+        with recorded_run(cfg, job, list(sys.argv[1:] if argv is None else argv)):
+            return _run(cfg, args)
     except (FileNotFoundError, ValueError, PermissionError, ConnectionError) as exc:
         if os.environ.get("VSEARCH_DEBUG"):
             raise
-        print(f"vsearch {args.command}: {exc}", file=sys.stderr)
+        print(f"vsearch {job or args.command}: {exc}", file=sys.stderr)
         return 1
+
+
+def _recorded_job(args: argparse.Namespace) -> str | None:
+    """The job name a run record is kept under; None for commands that change nothing
+    (``serve``, ``index list``)."""
+    if args.command == "index":
+        return None if args.index_command == "list" else f"index {args.index_command}"
+    return None if args.command == "serve" else args.command
+
+
+def _runs(cfg: Config, args: argparse.Namespace) -> int:
+    from jobs.common import storage_of
+    from vsearch.storage.runs import RunStore
+
+    store = RunStore(storage_of(cfg))
+    try:
+        if args.runs_command == "show":
+            print(json.dumps(store.get(args.run_id).model_dump(), indent=2))
+            return 0
+        records = store.list(limit=args.limit, job=args.job)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"vsearch runs {args.runs_command}: {exc}", file=sys.stderr)
+        return 1
+    if not records:
+        print(f"no run records under {store.storage.url('runs')}")
+        return 0
+    head = f"{'run':<38} {'job':<16} {'outcome':<12} {'seconds':>8}  versions / error"
+    print(head)
+    for r in records:
+        versions = " ".join(f"{k}={v}" for k, v in r.versions().items())
+        detail = r.error if r.outcome == "failed" else versions
+        seconds = "-" if r.seconds is None else f"{r.seconds:.1f}"
+        print(f"{r.id:<38} {r.job:<16} {r.outcome:<12} {seconds:>8}  {detail or ''}")
+    return 0
 
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
@@ -210,22 +260,18 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
 def _index(cfg: Config, args: argparse.Namespace) -> int:
     from jobs import index_admin
 
-    try:
-        if args.index_command == "list":
-            index_admin.list_versions(cfg)
-        elif args.index_command == "publish":
-            index_admin.publish(cfg, args.version)
-        elif args.index_command == "rollback":
-            index_admin.rollback(cfg)
-        elif args.index_command in ("add", "update"):
-            index_admin.change(cfg, rows_file=args.rows, replace=args.index_command == "update")
-        elif args.index_command == "delete":
-            index_admin.change(cfg, ids_file=args.ids)
-        else:
-            index_admin.gc(cfg, args.keep)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vsearch index {args.index_command}: {exc}", file=sys.stderr)
-        return 1
+    if args.index_command == "list":
+        index_admin.list_versions(cfg)
+    elif args.index_command == "publish":
+        index_admin.publish(cfg, args.version)
+    elif args.index_command == "rollback":
+        index_admin.rollback(cfg)
+    elif args.index_command in ("add", "update"):
+        index_admin.change(cfg, rows_file=args.rows, replace=args.index_command == "update")
+    elif args.index_command == "delete":
+        index_admin.change(cfg, ids_file=args.ids)
+    else:
+        index_admin.gc(cfg, args.keep)
     return 0
 
 

@@ -1,9 +1,12 @@
-"""What every job shares: the storage of a config, the dataset it reads, summaries and progress."""
+"""What every job shares: the storage of a config, the dataset it reads, summaries, progress and
+the run record each job leaves on storage."""
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +19,10 @@ from vsearch.data.dataset import CatalogDataset
 from vsearch.index.text import TextChannel, product_titles
 from vsearch.storage import Storage
 from vsearch.storage.datasets import dataset_prefix, read_dataset, write_dataset
+from vsearch.storage.runs import RunRecord, RunStore, json_safe, new_run_id, redacted, utc_now
+
+#: The run being recorded (:func:`recorded_run`); print_summary adds its blocks to it.
+_RUN: RunRecord | None = None
 
 
 def storage_of(cfg: Config) -> Storage:
@@ -124,7 +131,9 @@ def load_dataset(cfg: Config) -> CatalogDataset:
 
 
 def print_summary(title: str, rows: Mapping[str, Any]) -> None:
-    """A two-column summary block at the end of a job."""
+    """A two-column summary block at the end of a job (also kept in the run's record)."""
+    if _RUN is not None:
+        _RUN.summaries[title] = json_safe({k.strip(): v for k, v in rows.items()})
     width = max((len(k) for k in rows), default=0)
     print(f"\n== {title} ==")
     for key, value in rows.items():
@@ -149,3 +158,45 @@ def text_channel(
         return TextChannel.build(
             ids, titles, encoder.encode, encoder.name, base=base, progress=bar.update
         )
+
+
+@contextmanager
+def recorded_run(cfg: Config, job: str, argv: list[str]) -> Iterator[RunRecord]:
+    """Run a job under a run record written to ``runs/<id>.json`` of the config's storage when
+    it ends: the command, the config, timings, the outcome and the summaries it printed.
+
+    A failed run is recorded (with its error in one line) only where the storage already
+    exists: a command that fails on empty storage leaves it empty. Writing the record never
+    hides the job's own outcome; a record that cannot be written is reported on stderr.
+    """
+    global _RUN
+    from vsearch.runtime.cluster import session_address
+
+    storage = storage_of(cfg)
+    existed = storage.exists("")
+    record = RunRecord(
+        id=new_run_id(job), job=job, argv=list(argv), started=utc_now(),
+        config=json_safe(redacted(cfg.model_dump(mode="json"))), host=socket.gethostname(),
+        ray_address=session_address(cfg.ray),
+    )  # fmt: skip
+    start = time.monotonic()
+    _RUN = record
+    try:
+        yield record
+        record.outcome = "succeeded"
+    except KeyboardInterrupt:
+        record.outcome, record.error = "interrupted", "interrupted (Ctrl-C)"
+        raise
+    except BaseException as exc:
+        record.outcome = "failed"
+        record.error = (f"{type(exc).__name__}: {exc}".splitlines() or ["failed"])[0][:500]
+        raise
+    finally:
+        _RUN = None
+        record.finished = utc_now()
+        record.seconds = round(time.monotonic() - start, 1)
+        if record.outcome == "succeeded" or existed:
+            try:
+                RunStore(storage).write(record)
+            except Exception as exc:  # the job's own outcome matters more
+                print(f"vsearch: could not write the run record: {exc}", file=sys.stderr)
