@@ -3,22 +3,39 @@ typed argument, and cluster.yaml has what the Ray cluster launcher needs."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from serve.app import AppArgs
+from serve.app import AppArgs, auth_settings
 from vsearch.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_serve_config_args_are_valid() -> None:
+@pytest.fixture(autouse=True)
+def _storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shipped serve config reads configs/prod.yaml, whose storage comes from the environment.
+    monkeypatch.setenv("VSEARCH_STORAGE", "s3://bucket/vsearch")
+
+
+def test_serve_config_args_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     (app,) = conf["applications"]
     assert app["import_path"] == "serve.app:build_app"
     args = AppArgs.model_validate(app["args"])
-    load_config(REPO / args.config_path, args.overrides)
+    cfg = load_config(REPO / args.config_path, args.overrides)
+    # The app decides on token auth from serve.host: it must be where Serve really listens.
+    http = conf["http_options"]
+    assert (cfg.serve.host, cfg.serve.port) == (http["host"], http["port"])
+    # As shipped it listens on every interface, so it will not start without a token.
+    monkeypatch.delenv(cfg.serve.auth_token_env, raising=False)
+    with pytest.raises(ValueError, match="needs an API token"):
+        auth_settings(cfg)
+    monkeypatch.setenv(cfg.serve.auth_token_env, "t0k3n")
+    assert auth_settings(cfg)["require_auth"] is True
 
 
 def test_serve_config_is_a_valid_serve_deploy_file_for_this_graph() -> None:
@@ -44,6 +61,27 @@ def test_cluster_yaml_has_launcher_sections() -> None:
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type"):
         assert key in conf
     assert conf["head_node_type"] in conf["available_node_types"]
+    for name, node in conf["available_node_types"].items():
+        if name != conf["head_node_type"]:
+            assert 0 <= node["min_workers"] <= node["max_workers"] <= conf["max_workers"]
+
+
+def test_cluster_yaml_names_only_files_that_exist_and_keeps_the_dashboard_private() -> None:
+    text = (REPO / "cluster.yaml").read_text()
+    conf = yaml.safe_load(text)
+    for source in conf.get("file_mounts", {}).values():
+        assert (REPO / source).exists(), source
+    # Every repository file a command or comment names is there.
+    named = set(
+        re.findall(r"\b((?:configs|serve|deploy)/[\w./-]+\.(?:yaml|yml|service|timer))", text)
+    )
+    assert named, "cluster.yaml names no config file"
+    assert all((REPO / n).is_file() for n in named), sorted(
+        n for n in named if not (REPO / n).is_file()
+    )
+    head = " ".join(conf["head_start_ray_commands"])
+    # The dashboard (job submission, Serve deploys) listens on the head's loopback only.
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
 
 
 def test_prod_config_takes_its_storage_from_the_environment(monkeypatch) -> None:
