@@ -181,6 +181,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vsearch {job or args.command}: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        problem = _storage_problem(exc, cfg.storage)
+        if problem is None or os.environ.get("VSEARCH_DEBUG"):
+            raise
+        print(f"vsearch {job or args.command}: {problem}", file=sys.stderr)
+        return 1
+
+
+def _storage_problem(exc: BaseException, storage: str) -> str | None:
+    """One line for an object store's refusal (S3 through botocore: no credentials, access
+    denied, an unreachable endpoint); None for anything else."""
+    if not type(exc).__module__.startswith(("botocore", "aiobotocore")):
+        return None
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return (
+            f"no S3 credentials for {storage}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE, or the node's instance role), or storage_options key and secret"
+        )
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+        return f"cannot reach the S3 endpoint for {storage}: {exc}"
+    code = (
+        getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if hasattr(exc, "response")
+        else None
+    )
+    return f"S3 refused {storage}: {code or name}: {str(exc).splitlines()[0] if str(exc) else name}"
 
 
 def _recorded_job(args: argparse.Namespace) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,22 @@ def test_evaluate_on_empty_storage_fails_before_writing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vsearch reindex" in err
     assert not store.exists()
+
+
+def test_missing_s3_credentials_are_one_line(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    options = json.dumps(
+        {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True}
+    )
+    argv = ["generate", "--config", str(tiny), "--set", "storage=s3://vsearch-none/root",
+            "--set", f"storage_options={options}"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no S3 credentials for s3://vsearch-none/root" in err
