@@ -448,6 +448,9 @@ class RayConfig(_Strict):
     address: str = "local"
     num_cpus: int = Field(2, ge=1)
     object_store_memory: int | None = None
+    #: Keep the session folder (Ray's logs, under /tmp/ray) of a private local cluster after a
+    #: job that succeeded; a failed job's is always kept.
+    keep_session_logs: bool = False
 
 
 class Config(_Strict):

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import shutil
+
+import pytest
 
 from vsearch.runtime import cluster
 
@@ -34,3 +38,25 @@ def test_a_submitted_job_joins_its_cluster(monkeypatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert session_address(RayConfig()) == "10.0.0.5:6379"
     assert session_address(RayConfig(address="ray://head:10001")) == "ray://head:10001"
+
+
+@pytest.mark.ray
+def test_a_private_session_folder_is_removed_after_success_and_kept_after_failure() -> None:
+    import ray
+
+    from vsearch.config import RayConfig
+    from vsearch.runtime.cluster import _session_dir, ray_session
+
+    with ray_session(RayConfig(num_cpus=1)):
+        ok = _session_dir()
+        assert ok is not None and os.path.isdir(ok)
+    assert not os.path.exists(ok) and not ray.is_initialized()
+    with pytest.raises(RuntimeError, match="boom"), ray_session(RayConfig(num_cpus=1)):
+        failed = _session_dir()
+        raise RuntimeError("boom")
+    assert failed is not None and os.path.isdir(os.path.join(failed, "logs"))
+    shutil.rmtree(failed, ignore_errors=True)
+    with ray_session(RayConfig(num_cpus=1, keep_session_logs=True)):
+        kept = _session_dir()
+    assert kept is not None and os.path.isdir(kept)
+    shutil.rmtree(kept, ignore_errors=True)

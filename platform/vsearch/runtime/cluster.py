@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import warnings
 from collections.abc import Iterator
@@ -118,7 +119,28 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
             kwargs["object_store_memory"] = cfg.object_store_memory
     ray.init(**kwargs)
     quiet_ray_data()
+    # A private cluster's session folder (its logs) is removed after a job that succeeded, so
+    # that nightly runs do not pile them up; a failed job's is kept for its logs.
+    session_dir = _session_dir() if address == "local" and not cfg.keep_session_logs else None
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
         ray.shutdown()
+        if session_dir and not failed:
+            shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def _session_dir() -> str | None:
+    """The session folder of the Ray node this driver started (None when unknown: Ray keeps it
+    on a private attribute, read defensively)."""
+    try:
+        from ray._private import worker
+
+        path = worker._global_node.get_session_dir_path()
+    except Exception:  # the private attribute moved: keep the folder rather than guess
+        return None
+    return path if isinstance(path, str) and os.path.basename(path).startswith("session_") else None
