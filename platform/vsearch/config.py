@@ -305,10 +305,11 @@ class IndexConfig(_Strict):
     #: keep this <= 0.5, as the demo config does, or Ray Data can wait forever for CPUs).
     embed_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
-    #: GPUs each embedding actor asks Ray for (reindex, feature cache); 0: CPU only. An actor
-    #: given a GPU runs the model there (CUDA; ONNX backbones through onnxruntime-gpu's CUDA
-    #: provider when installed), with ``batch_size`` images a call.
-    gpus_per_actor: float = Field(0.0, ge=0)
+    #: GPUs each embedding actor asks Ray for (reindex, feature cache); 0: CPU only; "auto":
+    #: the cluster's GPUs shared by the actors (at most one each) when it has any at the job's
+    #: start, else 0. An actor given a GPU runs the model there (CUDA; ONNX backbones through
+    #: onnxruntime-gpu's CUDA provider when installed), with ``batch_size`` images a call.
+    gpus_per_actor: Literal["auto"] | float = "auto"
     #: CPUs each shard-build task of the reindex asks for (every shard is built in its own task
     #: from its own staged rows).
     build_cpus: float = Field(1.0, gt=0)

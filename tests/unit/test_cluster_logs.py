@@ -60,3 +60,14 @@ def test_a_private_session_folder_is_removed_after_success_and_kept_after_failur
         kept = _session_dir()
     assert kept is not None and os.path.isdir(kept)
     shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_embedding_actors_share_the_clusters_gpus_on_auto() -> None:
+    from vsearch.runtime.cluster import actor_gpus
+
+    assert actor_gpus("auto", 4, 0) == 0.0  # no GPUs: CPU actors
+    assert actor_gpus("auto", 4, 2) == 0.5 and actor_gpus("auto", 2, 8) == 1.0
+    assert actor_gpus(0.0, 4, 8) == 0.0  # off, whatever the cluster has
+    assert actor_gpus(0.25, 4, 1) == 0.25
+    with pytest.raises(ValueError, match="gpus_per_actor is 1 but the cluster has 0 GPU"):
+        actor_gpus(1.0, 2, 0)

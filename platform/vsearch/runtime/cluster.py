@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import ray
 
-from vsearch.config import RayConfig
+from vsearch.config import IndexConfig, RayConfig
 
 #: Environment every Ray worker gets: one thread per library, no usage reporting.
 WORKER_ENV = {
@@ -144,3 +144,24 @@ def _session_dir() -> str | None:
     except Exception:  # the private attribute moved: keep the folder rather than guess
         return None
     return path if isinstance(path, str) and os.path.basename(path).startswith("session_") else None
+
+
+def actor_gpus(setting: str | float, actors: int, have: float) -> float:
+    """GPUs each of ``actors`` embedding actors asks for, given the cluster's ``have`` GPUs:
+    ``setting`` "auto" shares them out (at most one an actor; 0 without GPUs), a number is
+    taken as it is (a clear error when the cluster has fewer GPUs than one actor needs)."""
+    if setting == "auto":
+        return 0.0 if have <= 0 else min(1.0, have / max(1, actors))
+    value = float(setting)
+    if value > 0 and have < value:
+        raise ValueError(
+            f"index.gpus_per_actor is {value:g} but the cluster has {have:g} GPU(s); "
+            "set it to auto or 0, or add GPU nodes"
+        )
+    return value
+
+
+def embedding_gpus(cfg: IndexConfig, actors: int | None = None) -> float:
+    """:func:`actor_gpus` of ``cfg.gpus_per_actor`` on the connected cluster."""
+    have = float(ray.cluster_resources().get("GPU", 0)) if cfg.gpus_per_actor != 0 else 0.0
+    return actor_gpus(cfg.gpus_per_actor, actors or cfg.embed_actors, have)

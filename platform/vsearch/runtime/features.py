@@ -29,6 +29,7 @@ from vsearch.imaging import (
 from vsearch.models.encoder import run_backbone
 from vsearch.models.onnx_backbone import backbone_id
 from vsearch.models.registry import create_backbone
+from vsearch.runtime.cluster import embedding_gpus
 from vsearch.storage.feature_cache import (
     FeatureCache,
     box_key,
@@ -273,7 +274,7 @@ def _encode(
             batch_format="numpy",
             compute=ActorPoolStrategy(size=actors),
             num_cpus=cfg.index.cpus_per_actor,
-            num_gpus=cfg.index.gpus_per_actor,
+            num_gpus=embedding_gpus(cfg.index),
             memory=cfg.index.backbone_actor_memory_mb * 2**20,
         )
     )

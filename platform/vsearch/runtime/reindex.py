@@ -33,6 +33,7 @@ from vsearch.index.builder import build_shard
 from vsearch.index.manifest import ShardEntry
 from vsearch.index.staging import decode_staged, stage_groups
 from vsearch.index.tuning import tuning_spec
+from vsearch.runtime.cluster import embedding_gpus
 from vsearch.runtime.embedding import META_COLUMNS, CatalogEmbedder
 from vsearch.storage.artifacts import IndexStore
 from vsearch.storage.fs import Storage
@@ -128,7 +129,7 @@ def stage_catalog(
         batch_format="numpy",
         compute=ActorPoolStrategy(size=cfg.index.embed_actors),
         num_cpus=cfg.index.cpus_per_actor,
-        num_gpus=cfg.index.gpus_per_actor,
+        num_gpus=embedding_gpus(cfg.index),
         memory=cfg.index.backbone_actor_memory_mb * 2**20,
     )
     staged = StagedCatalog(staging=staging)
