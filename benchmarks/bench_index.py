@@ -24,7 +24,8 @@ over the same vectors):
 Searches run on one thread: ``qps_single`` one query per call, ``qps_batch`` all queries in one
 call. Builds use every core. ``resident_bytes_per_vector`` is what a system holds in RAM to
 search (FAISS's serialised index: codes, ids, lists, graph, centroids; HNSW's and exact's
-include their float vectors); vsearch's float16 rescoring vectors are memory-mapped and counted
+include their float vectors); vsearch's rescoring vectors (``--rescore-dtype``, default int8 with
+a scale per row) are memory-mapped and counted
 in ``disk_bytes_per_vector`` (everything written per vector, codes included). Neither counts the
 metadata table (image ids, titles) every system would need beside it. Writes a Markdown table
 next to ``--out`` and the rows as JSON to ``--out``.
@@ -193,12 +194,11 @@ def bench(dist: str, db: np.ndarray, queries: np.ndarray, args: argparse.Namespa
             "popularity": pa.array(np.zeros(n, np.float32)),
         }
     )
-    cfg = IndexConfig()
     spec = TuningSpec(target=args.recall_target, probes=args.probes)
 
     def build_vsearch() -> tuple[ShardIndex, object]:
         shard = ShardIndex.build(
-            shard_name("all", 0), db, meta, args.ivf_above, args.engine, cfg.rescore_dtype
+            shard_name("all", 0), db, meta, args.ivf_above, args.engine, args.rescore_dtype
         )
         return shard, tune_search(shard, spec)
 
@@ -218,7 +218,10 @@ def bench(dist: str, db: np.ndarray, queries: np.ndarray, args: argparse.Namespa
         found = loaded.search(queries, K)[1]
         r_v = ann_recall(found, truth, K)
         q_v = qps(lambda q: loaded.search(q, K), queries)
-        setting = f"{loaded.engine} nprobe {loaded.nprobe} shortlist {loaded.shortlist}"
+        setting = (
+            f"{loaded.engine} nprobe {loaded.nprobe} shortlist {loaded.shortlist}, "
+            f"{loaded.rescore_dtype} rescoring"
+        )
         rows.append(row(dist, "vsearch", setting, r_v, q_v, resident, disk, build_v))
         print(
             f"[{dist}] vsearch {setting}: recall {r_v:.3f} (tuning probes "
@@ -265,6 +268,8 @@ def main() -> None:
                         help="held-out catalogue probes the vsearch tuning uses")  # fmt: skip
     parser.add_argument("--engine", default=defaults.large_engine, choices=["rabitq", "bivf"])
     parser.add_argument("--ivf-above", type=int, default=defaults.ivf_above)
+    parser.add_argument("--rescore-dtype", default=defaults.rescore_dtype,
+                        choices=["int8", "float16", "float32"])  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_index.json")
     args = parser.parse_args()
     rows: list[dict] = []

@@ -43,8 +43,7 @@ from vsearch.index.searcher import ShardedIndex
 from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder
-from vsearch.rank.rerank import Reranker
-from vsearch.rank.routing import images_to_fetch, route_categories
+from vsearch.rank.pipeline import QueryPipeline, QueryPlan, QueryPolicy
 from vsearch.runtime.cluster import ray_session
 from vsearch.storage import IndexStore, ModelStore, Storage
 
@@ -192,16 +191,18 @@ def main() -> None:
 
         # The same pipeline in one process, one query at a time.
         index = ShardedIndex((b.category, b.index) for b in built)
-        reranker = Reranker()
+        pipeline = QueryPipeline(QueryPolicy.of(cfg))
+
+        def search(vector: np.ndarray, plan: QueryPlan) -> list:
+            return [index.search(vector[None], plan.images, None, plan.categories)[0]]
+
         local = []
         for i in range(200):
             began = time.perf_counter()
             image = decode_image(photos[i % len(photos)], cfg.index.max_pixels, 256)
             pred = embedder.predict([image])
-            route = route_categories(pred.category_probs[0], CATEGORIES,
-                                     cfg.category.route_mass, cfg.category.route_max)  # fmt: skip
-            hits = index.search(pred.embeddings, images_to_fetch(10), None, route)[0]
-            reranker.rerank(hits, 10)
+            one = {"embedding": pred.embeddings[0], "category_probs": pred.category_probs[0]}
+            pipeline.run(one, CATEGORIES, 10, search)
             local.append(time.perf_counter() - began)
         local_p50 = 1000 * _percentile(local, 50)
         print(f"in process: p50 {local_p50:.1f} ms", flush=True)

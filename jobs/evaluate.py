@@ -31,12 +31,13 @@ from vsearch.eval.quality import (
 )
 from vsearch.eval.retrieval import evaluate_retrieval
 from vsearch.imaging import QUERY_DECODE_SCALE
+from vsearch.index.searcher import ShardedIndex
 from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
 from vsearch.models.onnx_torch import pretrained_tail
 from vsearch.rank.fusion import predict_categories
-from vsearch.rank.routing import route_categories
+from vsearch.rank.pipeline import QueryPipeline, QueryPolicy
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.embedding import META_COLUMNS
 from vsearch.storage import IndexStore, ModelStore, Storage
@@ -169,15 +170,19 @@ def main(
         "ivf_above": cfg.index.ivf_above,
         "large_engine": cfg.index.large_engine,
         "rescore_dtype": cfg.index.rescore_dtype,
+        "policy": QueryPolicy.of(cfg),
     }
-    # Routed as the service routes each photo (its category head's most probable categories).
-    routes = [
-        route_categories(p, artifact.categories, cfg.category.route_mass, cfg.category.route_max)
-        for p in pred.category_probs
-    ]
+    # The service's query pipeline over the published version's own shards: each photo routed
+    # by its category head, searched, merged and ranked as the service does.
+    category_of = {e.name: e.category for e in manifest.shards}
+    served = ShardedIndex((category_of[s.name], s) for s in shards)
     p2c = evaluate_retrieval(
-        pred.embeddings, products, catalog_vectors, catalog_meta, canonical, routes=routes, **args
-    )
+        pred.embeddings, products, catalog_vectors, catalog_meta, canonical,
+        category_probs=pred.category_probs, category_names=artifact.categories, index=served,
+        **args,
+    )  # fmt: skip
+    pipeline = QueryPipeline(args["policy"])
+    routes = [pipeline.plan(p, artifact.categories, 10).categories for p in pred.category_probs]
     report: dict[str, Any] = {
         "index_version": manifest.version,
         "model_version": manifest.model_version,

@@ -21,6 +21,7 @@ from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs
 from vsearch.config import Config, load_config
 from vsearch.guards import is_loopback, load_token
 from vsearch.index.searcher import assign_shards
+from vsearch.rank.pipeline import QueryPolicy
 from vsearch.runtime.cluster import free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
 from vsearch.storage.datasets import dataset_prefix
@@ -111,8 +112,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         max_upload_bytes=cfg.serve.max_upload_bytes,
         max_text_chars=cfg.serve.max_text_chars,
         max_pixels=cfg.index.max_pixels,
-        route_mass=cfg.category.route_mass,
-        route_max=cfg.category.route_max,
+        policy=QueryPolicy.of(cfg),
         rate_limit_per_s=cfg.serve.rate_limit_per_s,
         rate_limit_burst=cfg.serve.rate_limit_burst,
         **auth_settings(cfg),
@@ -124,7 +124,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         RerankerArgs(
             storage=where,
             index_version=manifest.version,
-            text_weight=cfg.serve.text_weight,
+            policy=QueryPolicy.of(cfg),
             text_model_path=cfg.index.text_model_path,
         )
     )
@@ -132,15 +132,21 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
 
 
 def _scaling(cfg: Config) -> Callable[[float], dict[str, Any]]:
-    """Deployment options for ``serve.max_replicas``: none for one replica, else an
+    """Deployment options: the health checks, and for ``serve.max_replicas`` > 1 an
     ``autoscaling_config`` aiming at ``target`` requests in flight per replica."""
+
+    health = {
+        "health_check_period_s": cfg.serve.health_check_period_s,
+        "health_check_timeout_s": cfg.serve.health_check_timeout_s,
+    }
 
     def options(target: float) -> dict[str, Any]:
         if cfg.serve.max_replicas <= 1:
-            return {}
+            return dict(health)
         return {
+            **health,
             "autoscaling_config": {
-                "min_replicas": 1,
+                "min_replicas": min(cfg.serve.min_replicas, cfg.serve.max_replicas),
                 "max_replicas": cfg.serve.max_replicas,
                 "target_ongoing_requests": target,
                 "upscale_delay_s": cfg.serve.upscale_delay_s,

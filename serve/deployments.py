@@ -37,9 +37,7 @@ from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token
 from vsearch.imaging import QUERY_DECODE_SCALE, ImageDecodeError, decode_image, sniff_media_type
 from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
 from vsearch.index.text import TextChannel
-from vsearch.rank.hybrid import rank_products
-from vsearch.rank.rerank import Reranker
-from vsearch.rank.routing import images_to_fetch, route_categories
+from vsearch.rank.pipeline import QueryPipeline, QueryPlan
 from vsearch.storage import IndexStore, ModelStore, Storage, read_dataset
 
 #: The web page at ``/`` (plain HTML and JavaScript, no external resources).
@@ -144,7 +142,7 @@ class ResultReranker:
     def __init__(self, args: RerankerArgs) -> None:
         torch.set_num_threads(1)
         self.args = args
-        self.reranker = Reranker(args.quality_weight, args.popularity_weight)
+        self.pipeline = QueryPipeline(args.policy)
         self.store = IndexStore(Storage(args.storage.root, args.storage.options))
         self.channels: dict[str, TextChannel | None] = {}
         self.encoder: Any = None
@@ -172,14 +170,18 @@ class ResultReranker:
             del self.channels[version]
 
     def rerank(
-        self, index_version: str, hit_lists: list[list[Hit]], k: int, text: str | None = None
+        self,
+        index_version: str,
+        hit_lists: list[list[Hit]],
+        plan: QueryPlan,
+        text: str | None = None,
     ) -> list[dict[str, Any]]:
+        """The pipeline's rank stage (``QueryPipeline.rank``) for one query's hit lists."""
         if index_version not in self.channels:
             raise LookupError(f"index version {index_version} is not loaded on this re-ranker")
         channel = self.channels[index_version]
         vector = self.encoder.encode([text])[0] if text and channel is not None else None
-        hits = [h for hits in hit_lists for h in hits]
-        ranked = rank_products(self.reranker, hits, k, vector, channel, self.args.text_weight)
+        ranked = self.pipeline.rank(plan, hit_lists, vector, channel)
         return [asdict(p) for p in ranked]
 
     def ping(self) -> bool:
@@ -312,6 +314,7 @@ class SearchIngress:
         self.searchers = searchers
         self.reranker = reranker
         self.args = args
+        self.pipeline = QueryPipeline(args.policy)
         self.storage = Storage(args.storage.root, args.storage.options)
         self.served = _Served.of(self.storage, args.index_version, len(searchers))
         self.token: str | None = None
@@ -573,22 +576,18 @@ class SearchIngress:
         timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
         probs = np.asarray(pred["category_probs"])
         names = served.model_categories
-        if categories:
-            wanted: list[str] | None = [c for c in categories.split(",") if c]
-            routed_by = "request"
-        else:
-            wanted = route_categories(probs, names, self.args.route_mass, self.args.route_max)
-            routed_by = "model" if wanted is not None else "all"
+        asked = [c for c in categories.split(",") if c] if categories else None
+        plan = self.pipeline.plan(probs, names, k, asked, hybrid=text is not None)
+        wanted = plan.categories
         targets = [
             s
             for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
             if cats and (wanted is None or cats.intersection(wanted))
         ]
         shortlist = self.args.shortlist
-        per_searcher = images_to_fetch(k, hybrid=text is not None)
         vector = pred["embedding"]
         answers = await asyncio.gather(
-            *(s.search.remote(served.index_version, vector, per_searcher, shortlist, wanted)
+            *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted)
               for s in targets)
         )  # fmt: skip
         versions = {version for version, _ in answers}
@@ -596,7 +595,9 @@ class SearchIngress:
             raise self.metrics.error(500, f"mixed_versions: {sorted(versions)}")
         hit_lists = [hits for _, hits in answers]
         timings["search"], mark = time.perf_counter() - mark, time.perf_counter()
-        results = await self.reranker.rerank.remote(served.index_version, list(hit_lists), k, text)
+        results = await self.reranker.rerank.remote(
+            served.index_version, list(hit_lists), plan, text
+        )
         timings["rerank"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started
         for stage, seconds in timings.items():
@@ -614,7 +615,7 @@ class SearchIngress:
                 else None
             ),
             "searched_categories": wanted,
-            "routed_by": routed_by,
+            "routed_by": plan.routed_by,
             "text": text,
             "box": [round(float(v), 4) for v in np.asarray(pred["box"]).tolist()],
             "results": results,

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vsearch.rank.pipeline import QueryPolicy
+
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,16 +40,14 @@ class SearcherArgs(_Args):
 
 
 class RerankerArgs(_Args):
-    """The re-ranker: the index version whose text channel to load first, the weight of a
-    hybrid query's text (``serve.text_weight``), the text model folder (None: the packaged
-    MiniLM) and the weights of the quality signals (0: similarity only)."""
+    """The re-ranker: the index version whose text channel to load first, the query policy
+    (its ranking weights: quality, popularity, a hybrid query's text) and the text model folder
+    (None: the packaged MiniLM)."""
 
     storage: StorageArgs
     index_version: str
-    text_weight: float
+    policy: QueryPolicy
     text_model_path: str | None = None
-    quality_weight: float = 0.0
-    popularity_weight: float = 0.0
 
 
 class IngressArgs(_Args):
@@ -67,8 +67,8 @@ class IngressArgs(_Args):
     max_upload_bytes: int
     max_text_chars: int
     max_pixels: int
-    route_mass: float
-    route_max: int
+    #: Routing and over-fetch (the same policy the re-ranker and offline evaluation use).
+    policy: QueryPolicy
     rate_limit_per_s: float
     rate_limit_burst: int
     require_auth: bool

@@ -259,6 +259,15 @@ class MiningConfig(_Strict):
     cpus_per_actor: float = Field(0.5, gt=0)
 
 
+class RankConfig(_Strict):
+    """Re-ranking of a query's hits into products (``vsearch.rank.pipeline``): a product's score
+    is its best image's similarity plus these weights times the image's quality and popularity
+    (sales) signals, both in [0, 1] in the catalogue. 0 ranks by similarity alone."""
+
+    quality_weight: float = Field(0.0, ge=-1, le=1)
+    popularity_weight: float = Field(0.0, ge=-1, le=1)
+
+
 class CategoryConfig(_Strict):
     """Category prediction: the category head's softmax fused with a kNN vote of search hits."""
 
@@ -351,11 +360,17 @@ class ServeConfig(_Strict):
     #: Serve's default of 5 let a few slow uploads stall /healthz.
     ingress_max_ongoing_requests: int = Field(64, ge=1)
     #: Replica autoscaling of every deployment of the graph: 1 keeps one replica each; N > 1
-    #: lets Serve run 1..N replicas of each, following the requests in flight, adding them
-    #: after ``upscale_delay_s`` of load and removing them after ``downscale_delay_s`` idle.
+    #: lets Serve run ``min_replicas``..N replicas of each, following the requests in flight,
+    #: adding them after ``upscale_delay_s`` of load and removing them after
+    #: ``downscale_delay_s`` idle.
     max_replicas: int = Field(1, ge=1)
+    min_replicas: int = Field(1, ge=1)
     upscale_delay_s: float = Field(5.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
+    #: How often Serve checks that each replica is alive, and how long a check may take: a
+    #: replica that died is replaced (and no longer sent requests) after about one period.
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
     #: Hot reload: how often the ingress checks ``indexes/CURRENT`` (0: never) and how long an
     #: old version stays loaded after the switch, for requests still running on it.
     reload_interval_s: float = Field(5.0, ge=0)
@@ -466,6 +481,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     mine: MiningConfig = MiningConfig()
     category: CategoryConfig = CategoryConfig()
+    rank: RankConfig = RankConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
     demo: DemoConfig = DemoConfig()

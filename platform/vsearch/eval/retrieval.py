@@ -15,8 +15,9 @@ import pyarrow as pa
 
 from vsearch.eval.metrics import ann_recall, exact_topk, mean_average_precision, recall_at_k
 from vsearch.index.builder import build_shards
-from vsearch.index.searcher import ShardedIndex
+from vsearch.index.searcher import Hit, ShardedIndex
 from vsearch.index.tuning import TuningSpec
+from vsearch.rank.pipeline import QueryPipeline, QueryPlan, QueryPolicy
 from vsearch.rank.routing import images_to_fetch
 
 
@@ -51,14 +52,6 @@ def canonical_ranking(
     return out if k is None else out[:k]
 
 
-def _products_by_score(image_rows: np.ndarray, product_of_row: Sequence[str]) -> list[str]:
-    ranked: dict[str, None] = {}
-    for row in image_rows:
-        if row >= 0:
-            ranked.setdefault(product_of_row[row], None)
-    return list(ranked)
-
-
 def evaluate_retrieval(
     query_vectors: np.ndarray,
     query_products: Sequence[str],
@@ -71,57 +64,61 @@ def evaluate_retrieval(
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
     rescore_dtype: str = "int8",
-    routes: Sequence[list[str] | None] | None = None,
+    category_probs: np.ndarray | None = None,
+    category_names: Sequence[str] = (),
+    policy: QueryPolicy | None = None,
+    index: ShardedIndex | None = None,
 ) -> RetrievalReport:
     """Score ``(m, d)`` query vectors against ``(n, d)`` catalogue vectors (both L2-normalised).
 
     ``catalog_meta`` has the index metadata columns (image_id, product_id, category, title,
     quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
-    The shards are built and searched as the reindex job and the service do: each shard's
-    shortlist tuned to ``tuning`` unless ``shortlist`` overrides it. ``routes[i]``: the categories
-    query ``i`` is searched in (``vsearch.rank.routing``, as the service routes it; None: all),
-    for Recall and mAP; the index's recall against exact search is measured unrouted.
+    Every query goes through the service's query pipeline (:class:`QueryPipeline` with
+    ``policy``): routed by its ``category_probs`` row over ``category_names`` (none: every
+    shard), searched for the pipeline's over-fetch, and ranked into 10 products. ``index`` is
+    the index to search (e.g. a published version's shards, holding exactly ``catalog_meta``'s
+    images); without one the shards are built here as the reindex job builds them (each
+    shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned ones. The exact
+    reference ranks exact search's images through the same pipeline, unrouted; the index's
+    recall against exact search is measured unrouted, image by image.
     """
     canonical = dict(canonical or {})
-    k_images = images_to_fetch(10)  # the service's over-fetch for 10 products
+    pipeline = QueryPipeline(policy or QueryPolicy())
     product_of_row = catalog_meta["product_id"].to_pylist()
     row_of_image = {img: i for i, img in enumerate(catalog_meta["image_id"].to_pylist())}
-    index = ShardedIndex.from_built(
-        build_shards(
-            catalog_vectors, catalog_meta, buckets_per_category, tuning, ivf_above, large_engine,
-            rescore_dtype,
-        )
-    )  # fmt: skip
-
-    def rows_of(hits: list[list]) -> np.ndarray:
-        out = np.full((len(hits), k_images), -1, dtype=np.int64)
-        for i, row_hits in enumerate(hits):
-            for j, hit in enumerate(row_hits):
-                out[i, j] = row_of_image[hit.image_id]
-        return out
-
-    unrouted = rows_of(index.search(query_vectors, k_images, shortlist))
-    approx_rows = unrouted
-    if routes is not None and any(r is not None for r in routes):
-        routed: list[list] = [[] for _ in range(len(query_vectors))]
-        groups: dict[tuple[str, ...] | None, list[int]] = {}
-        for i, route in enumerate(routes):
-            groups.setdefault(tuple(route) if route is not None else None, []).append(i)
-        for key, members in groups.items():
-            found = index.search(
-                query_vectors[members], k_images, shortlist, list(key) if key else None
+    if index is None:
+        index = ShardedIndex.from_built(
+            build_shards(
+                catalog_vectors, catalog_meta, buckets_per_category, tuning, ivf_above,
+                large_engine, rescore_dtype,
             )
-            for i, row_hits in zip(members, found, strict=True):
-                routed[i] = row_hits
-        approx_rows = rows_of(routed)
-    _, exact_rows = exact_topk(query_vectors, catalog_vectors, k_images)
-    truth = [canonical.get(p, p) for p in query_products]
-    approx_ranked = [
-        canonical_ranking(_products_by_score(r, product_of_row), canonical, 10) for r in approx_rows
-    ]
+        )  # fmt: skip
+    names = list(category_names)
+    none = np.zeros(0, dtype=np.float32)
+
+    def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
+        return [index.search(vector.reshape(1, -1), plan.images, shortlist, plan.categories)[0]]
+
+    def products(answer: list) -> list[str]:
+        return canonical_ranking([p.product_id for p in answer], canonical, 10)
+
+    approx_ranked = []
+    for i, vector in enumerate(query_vectors):
+        probs = category_probs[i] if category_probs is not None else none
+        answer = pipeline.run({"embedding": vector, "category_probs": probs}, names, 10, search)
+        approx_ranked.append(products(answer.products))
+    k_images = images_to_fetch(10)
+    unrouted = np.full((len(query_vectors), k_images), -1, dtype=np.int64)
+    for i, row_hits in enumerate(index.search(query_vectors, k_images, shortlist)):
+        for j, hit in enumerate(row_hits):
+            unrouted[i, j] = row_of_image[hit.image_id]
+    exact_scores, exact_rows = exact_topk(query_vectors, catalog_vectors, k_images)
+    everywhere = pipeline.plan(none, (), 10)
     exact_ranked = [
-        canonical_ranking(_products_by_score(r, product_of_row), canonical, 10) for r in exact_rows
+        products(pipeline.rank(everywhere, [_hits(catalog_meta, rows, scores)]))
+        for rows, scores in zip(exact_rows, exact_scores, strict=True)
     ]
+    truth = [canonical.get(p, p) for p in query_products]
     k_ann = min(10, len(product_of_row))
     return RetrievalReport(
         queries=len(truth),
@@ -134,6 +131,19 @@ def evaluate_retrieval(
         ann_recall_at_10=ann_recall(unrouted[:, :k_ann], exact_rows[:, :k_ann], k_ann),
         recall_curve=recall_curve(approx_ranked, truth),
     )
+
+
+def _hits(meta: pa.Table, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    """Catalogue rows (``-1``: none) with their scores as search hits."""
+    keep = [(int(r), float(s)) for r, s in zip(rows, scores, strict=True) if r >= 0]
+    if not keep:
+        return []
+    picked = meta.take(pa.array([r for r, _ in keep])).to_pylist()
+    fields = ("image_id", "product_id", "category", "title")
+    return [
+        Hit(s, *(m[f] for f in fields), float(m["quality"]), float(m["popularity"]), "exact")
+        for (_, s), m in zip(keep, picked, strict=True)
+    ]
 
 
 def recall_curve(

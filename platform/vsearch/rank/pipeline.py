@@ -1,0 +1,152 @@
+"""The query pipeline: the one sequence of stages a photo goes through, shared by the service and
+offline evaluation so that their figures agree by construction.
+
+    decode -> embed (one forward pass: embedding, subject box, category probabilities)
+      -> plan: route to the shards of the most probable categories (a request's filter wins),
+         and how many images each searcher returns for k products (the over-fetch policy)
+      -> search: shortlist + rescore in each routed shard, per searcher
+      -> rank: merge the searchers' hits, one row per product, similarity blended with quality
+         and popularity, re-scored by the query's text for a hybrid query
+
+:meth:`QueryPipeline.plan` and :meth:`QueryPipeline.rank` are the policy; the stages in between
+run where the caller puts them (Serve deployments, or this process). :meth:`QueryPipeline.run`
+drives the whole sequence in one process from a prediction and a search function: evaluation
+and the in-process benchmarks call it, and the service's ingress and re-ranker call the same
+``plan`` and ``rank``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from vsearch.index.searcher import Hit
+from vsearch.index.text import TextChannel
+from vsearch.rank.hybrid import rank_products
+from vsearch.rank.rerank import RankedProduct, Reranker
+from vsearch.rank.routing import images_to_fetch, route_categories
+
+__all__ = ["QueryAnswer", "QueryPipeline", "QueryPlan", "QueryPolicy"]
+
+
+class QueryPolicy(BaseModel):
+    """Every setting of the query path, from the config (``category.route_*``, ``rank.*``,
+    ``serve.text_weight``): :meth:`of` builds it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Route to the most probable categories until their probability reaches ``route_mass``
+    #: (at most ``route_max``); 0 searches every shard.
+    route_mass: float = Field(0.9, ge=0, le=1)
+    route_max: int = Field(3, ge=1)
+    #: Weights of the quality and popularity (sales) signals in a product's score.
+    quality_weight: float = 0.0
+    popularity_weight: float = 0.0
+    #: Weight of a hybrid query's text in the score of the products the photo found.
+    text_weight: float = Field(0.0, ge=0, le=1)
+
+    @classmethod
+    def of(cls, cfg: Any) -> QueryPolicy:
+        """The policy of a :class:`vsearch.config.Config`."""
+        return cls(
+            route_mass=cfg.category.route_mass,
+            route_max=cfg.category.route_max,
+            quality_weight=cfg.rank.quality_weight,
+            popularity_weight=cfg.rank.popularity_weight,
+            text_weight=cfg.serve.text_weight,
+        )
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """What one query searches: ``k`` products from ``images`` images per searcher in the
+    shards of ``categories`` (None: all), and why (``routed_by``)."""
+
+    k: int
+    categories: list[str] | None
+    routed_by: Literal["request", "model", "all"]
+    images: int
+    hybrid: bool
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    """One query's answer from :meth:`QueryPipeline.run`."""
+
+    plan: QueryPlan
+    products: list[RankedProduct]
+    #: The category head's top class and its probability (None without a category head).
+    category: tuple[str, float] | None
+    box: list[float]
+
+
+#: A search stage: (the query's embedding, its plan) -> the hit lists of the searchers asked.
+SearchFn = Callable[[np.ndarray, QueryPlan], Sequence[Sequence[Hit]]]
+
+
+class QueryPipeline:
+    """The query path's policy (routing, over-fetch, merge and ranking) for one config."""
+
+    def __init__(self, policy: QueryPolicy) -> None:
+        self.policy = policy
+        self.reranker = Reranker(policy.quality_weight, policy.popularity_weight)
+
+    def plan(
+        self,
+        category_probs: np.ndarray,
+        category_names: Sequence[str],
+        k: int,
+        categories: Sequence[str] | None = None,
+        hybrid: bool = False,
+    ) -> QueryPlan:
+        """Plan a query for ``k`` products: ``categories`` (a request's filter) when given,
+        else the model's most probable ones (:func:`route_categories`), else all shards."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        images = images_to_fetch(k, hybrid)
+        if categories:
+            return QueryPlan(k, list(categories), "request", images, hybrid)
+        wanted = route_categories(
+            category_probs, category_names, self.policy.route_mass, self.policy.route_max
+        )
+        return QueryPlan(k, wanted, "model" if wanted is not None else "all", images, hybrid)
+
+    def rank(
+        self,
+        plan: QueryPlan,
+        hit_lists: Sequence[Sequence[Hit]],
+        text_vector: np.ndarray | None = None,
+        channel: TextChannel | None = None,
+    ) -> list[RankedProduct]:
+        """Merge the searchers' hits and rank the plan's ``k`` products (re-scored by the text
+        of a hybrid query against ``channel``)."""
+        hits = [h for hits in hit_lists for h in hits]
+        vector = text_vector if plan.hybrid else None
+        return rank_products(self.reranker, hits, plan.k, vector, channel, self.policy.text_weight)
+
+    def run(
+        self,
+        prediction: Mapping[str, np.ndarray],
+        category_names: Sequence[str],
+        k: int,
+        search: SearchFn,
+        categories: Sequence[str] | None = None,
+        text_vector: np.ndarray | None = None,
+        channel: TextChannel | None = None,
+    ) -> QueryAnswer:
+        """The whole path in this process, from one photo's ``prediction`` (``embedding``,
+        ``category_probs``, ``box``: the query model's forward pass) and a ``search`` stage."""
+        probs = np.asarray(prediction["category_probs"]).reshape(-1)
+        plan = self.plan(probs, category_names, k, categories, hybrid=text_vector is not None)
+        hit_lists = search(np.asarray(prediction["embedding"]), plan)
+        top = int(np.argmax(probs)) if probs.size and len(category_names) else None
+        return QueryAnswer(
+            plan=plan,
+            products=self.rank(plan, hit_lists, text_vector, channel),
+            category=(category_names[top], float(probs[top])) if top is not None else None,
+            box=[float(v) for v in np.asarray(prediction.get("box", [])).reshape(-1)],
+        )

@@ -1,0 +1,82 @@
+"""The query pipeline the service and offline evaluation share: routing, over-fetch, merging the
+searchers' hits and ranking them, driven in one process by ``run``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vsearch.config import load_config
+from vsearch.index import Hit
+from vsearch.index.builder import build_shards
+from vsearch.index.searcher import ShardedIndex
+from vsearch.rank.pipeline import QueryPipeline, QueryPlan, QueryPolicy
+from vsearch.rank.routing import images_to_fetch
+
+NAMES = ["bags", "drinks", "shoes"]
+
+
+def _hit(image_id: str, product_id: str, score: float, quality: float = 0.0) -> Hit:
+    return Hit(score, image_id, product_id, "shoes", f"title {product_id}", quality, 0.0, "s0")
+
+
+def test_plan_routes_by_the_model_unless_the_request_names_categories() -> None:
+    pipe = QueryPipeline(QueryPolicy(route_mass=0.8, route_max=2))
+    probs = np.array([0.1, 0.6, 0.3])
+    plan = pipe.plan(probs, NAMES, 5)
+    assert plan == QueryPlan(5, ["drinks", "shoes"], "model", images_to_fetch(5), False)
+    assert pipe.plan(probs, NAMES, 5, ["bags"]).routed_by == "request"
+    assert pipe.plan(probs, NAMES, 5, ["bags"]).categories == ["bags"]
+    unrouted = pipe.plan(np.zeros(0), [], 5)
+    assert unrouted.categories is None and unrouted.routed_by == "all"
+    hybrid = pipe.plan(probs, NAMES, 5, hybrid=True)
+    assert hybrid.images == images_to_fetch(5, hybrid=True) > plan.images
+    with pytest.raises(ValueError, match="k must be"):
+        pipe.plan(probs, NAMES, 0)
+
+
+def test_rank_merges_searchers_and_applies_the_configured_weights() -> None:
+    lists = [[_hit("a1", "A", 0.9, 0.0), _hit("c1", "C", 0.5)], [_hit("b1", "B", 0.85, 1.0)]]
+    plan = QueryPlan(2, None, "all", 8, False)
+    by_similarity = QueryPipeline(QueryPolicy()).rank(plan, lists)
+    assert [p.product_id for p in by_similarity] == ["A", "B"]
+    with_quality = QueryPipeline(QueryPolicy(quality_weight=0.2)).rank(plan, lists)
+    assert [p.product_id for p in with_quality] == ["B", "A"]
+
+
+def test_policy_comes_from_the_config(tmp_path) -> None:
+    cfg = load_config(None, [f"storage={tmp_path}", "rank.quality_weight=0.1",
+                             "category.route_max=2", "serve.text_weight=0.3"])  # fmt: skip
+    policy = QueryPolicy.of(cfg)
+    assert (policy.quality_weight, policy.route_max, policy.text_weight) == (0.1, 2, 0.3)
+    assert policy.route_mass == cfg.category.route_mass
+
+
+def test_run_searches_the_routed_shards_and_returns_products_box_and_category() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cats = [NAMES[i % 3] for i in range(90)]
+    meta = pa.table({
+        "image_id": [f"i{i}" for i in range(90)], "product_id": [f"p{i // 2}" for i in range(90)],
+        "category": cats, "title": ["t"] * 90,
+        "quality": pa.array([0.5] * 90, pa.float32()), "popularity": pa.array([0.0] * 90, pa.float32()),
+    })  # fmt: skip
+    index = ShardedIndex.from_built(build_shards(x, meta, 1, rescore_dtype="float32"))
+    asked: list[QueryPlan] = []
+
+    def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
+        asked.append(plan)
+        return [index.search(vector[None], plan.images, None, plan.categories)[0]]
+
+    pipe = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1))
+    pred = {"embedding": x[3], "category_probs": np.array([0.7, 0.2, 0.1]), "box": np.ones(4)}
+    answer = pipe.run(pred, NAMES, 3, search)
+    assert asked[-1].categories == ["bags"] and answer.category == ("bags", 0.7)
+    assert answer.products[0].product_id == "p1" and answer.products[0].image_id == "i3"
+    assert all(p.category == "bags" for p in answer.products) and len(answer.products) == 3
+    assert answer.box == [1.0, 1.0, 1.0, 1.0]
+    # Routed to the wrong category, the photo's own product cannot be found.
+    wrong = pipe.run({**pred, "category_probs": np.array([0.0, 0.9, 0.1])}, NAMES, 3, search)
+    assert all(p.category == "drinks" for p in wrong.products)
