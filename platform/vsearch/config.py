@@ -306,10 +306,12 @@ class IndexConfig(_Strict):
     #: That engine: "rabitq" (RaBitQ codes, "IVF<nlist>,RaBitQfs": a random rotation and a
     #: distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
     large_engine: Literal["rabitq", "bivf"] = "rabitq"
-    #: Rescoring vectors on disk (memory-mapped by searchers): int8 with a scale per row
-    #: (d + 4 bytes) keeps scores within about 3e-3 of float32 at 128 d and rescores several
-    #: times faster than float16 (numpy widens int8 faster), which is within 5e-4 at 2 d bytes.
-    rescore_dtype: Literal["int8", "float16", "float32"] = "int8"
+    #: Rescoring vectors on disk (memory-mapped by searchers): float16 (2 d bytes) keeps scores
+    #: within 5e-4 of float32. int8 with a scale per row (d + 4 bytes) rescores faster (numpy
+    #: widens int8 about 4x faster than float16) but is only within about 3e-3 at 128 d, which
+    #: reorders near-ties: on 1M clustered vectors recall@10 fell from 0.960 to 0.945
+    #: (benchmarks/results/bench_index.md).
+    rescore_dtype: Literal["float16", "float32", "int8"] = "float16"
     #: Ray Data actors embedding the catalogue, and the CPUs each asks for (on a 2-core machine
     #: keep this <= 0.5, as the demo config does, or Ray Data can wait forever for CPUs).
     embed_actors: int = Field(2, ge=1)

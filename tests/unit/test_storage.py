@@ -159,7 +159,7 @@ def test_rescoring_vectors_are_memory_mapped_not_loaded(
     store = IndexStore(Storage(str(tmp_path / "local")))
     store.publish(store.write_version("i1", built, "m1", dim, {}))
     for shard, (_scores, rows) in zip(store.load_shards(store.manifest()), expected, strict=True):
-        assert isinstance(shard.vectors, np.memmap) and shard.rescore_dtype == "int8"
+        assert isinstance(shard.vectors, np.memmap) and shard.rescore_dtype == "float16"
         assert str(tmp_path / "local") in str(shard.vectors.filename)
         np.testing.assert_array_equal(shard.search(probe, 5, 30)[1], rows)
     # Remote storage: a verified copy in the cache is mapped, and a damaged copy is replaced.

@@ -63,7 +63,7 @@ def evaluate_retrieval(
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
-    rescore_dtype: str = "int8",
+    rescore_dtype: str = "float16",
     category_probs: np.ndarray | None = None,
     category_names: Sequence[str] = (),
     policy: QueryPolicy | None = None,

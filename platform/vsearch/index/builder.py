@@ -116,7 +116,7 @@ def build_shard(
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
-    rescore_dtype: str = "int8",
+    rescore_dtype: str = "float16",
 ) -> BuiltShard:
     """Build and tune the shard of ``(category, bucket)`` from its rows (what one parallel build
     task does; :func:`build_shards` does it for every group in one process)."""
@@ -134,7 +134,7 @@ def build_shards(
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
     ivf_above: int | None = None,
     large_engine: str = "rabitq",
-    rescore_dtype: str = "int8",
+    rescore_dtype: str = "float16",
 ) -> list[BuiltShard]:
     """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group,
     each with its search tuned to ``tuning`` (None: untuned; searches must then pass a

@@ -59,7 +59,7 @@ def plan_delta(
     delete_ids: Sequence[str],
     buckets_per_category: int,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
-    rescore_dtype: str = "int8",
+    rescore_dtype: str = "float16",
 ) -> DeltaPlan:
     """Plan a delta version over ``manifest``: add ``add_vectors`` (n, d) with ``add_meta`` (n
     rows with :data:`META_COLUMNS`; an id the index already holds is replaced) and delete

@@ -175,7 +175,7 @@ class ShardIndex:
         meta: pa.Table,
         ivf_above: int | None = None,
         large_engine: str = "rabitq",
-        rescore_dtype: str = "int8",
+        rescore_dtype: str = "float16",
     ) -> ShardIndex:
         """Build a shard from (n, d) float vectors and an n-row metadata table.
 
