@@ -151,7 +151,7 @@ def _scaling(cfg: Config) -> Callable[[float], dict[str, Any]]:
                 "target_ongoing_requests": target,
                 "upscale_delay_s": cfg.serve.upscale_delay_s,
                 "downscale_delay_s": cfg.serve.downscale_delay_s,
-            }
+            },
         }
 
     return options
