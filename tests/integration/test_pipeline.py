@@ -430,6 +430,70 @@ def test_the_web_page_in_a_real_browser(running: Running, tmp_path: Path) -> Non
     assert shot.stat().st_size > 10_000
 
 
+def test_a_searcher_replica_killed_under_load_fails_nothing(running: Running) -> None:
+    """Two replicas of every deployment; one shard searcher replica is killed while four
+    clients search: no request fails (after one retry by the client) and answers keep coming
+    (the longest pause between answers is measured and must stay under 2 s)."""
+    import threading
+
+    import ray
+    import requests
+    from ray import serve
+
+    from serve.app import AppArgs, build_app
+    from serve.client import SearchClient
+
+    serve_cfg = running.cfg.serve.model_copy(update={"max_replicas": 2, "min_replicas": 2})
+    cfg = running.cfg.model_copy(update={"serve": serve_cfg})
+    serve.run(build_app(AppArgs(config=cfg.model_dump())), name="replicated",
+              route_prefix="/replicated")  # fmt: skip
+    try:
+        base = f"{running.url}/replicated"
+        SearchClient(base).wait_ready()
+        data, _ = _query_bytes(running.cfg)
+        done: list[tuple[float, int]] = []
+        retried: list[int] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                status = 0
+                for _attempt in range(2):  # one retry, as a client would
+                    try:
+                        status = session.post(f"{base}/search", data=data, timeout=30).status_code
+                    except requests.RequestException:
+                        status = -1
+                    if status == 200:
+                        break
+                    retried.append(status)
+                done.append((time.monotonic(), status))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        replicas = [
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::replicated#ShardSearcher0#")
+        ]  # fmt: skip
+        assert len(replicas) == 2, replicas
+        killed = time.monotonic()
+        ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+        time.sleep(6)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        after = sorted(t for t, _ in done if t > killed)
+        gaps = [b - a for a, b in zip([killed, *after], after, strict=False)]
+        print(f"{len(done)} searches, {len(after)} after the kill, longest pause "
+              f"{max(gaps):.2f} s, first attempts refused: {retried}")  # fmt: skip
+        assert [s for _, s in done if s != 200] == []
+        assert len(after) > 20 and max(gaps) < 2.0
+    finally:
+        serve.delete("replicated")
+
+
 # Keep these last: they change the published version that the tests above expect.
 
 
