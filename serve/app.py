@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve import Application
@@ -22,7 +23,7 @@ from vsearch.config import Config, load_config
 from vsearch.guards import is_loopback, load_token
 from vsearch.index.searcher import assign_shards
 from vsearch.rank.pipeline import QueryPolicy
-from vsearch.runtime.cluster import free_port
+from vsearch.runtime.cluster import cluster_gpus, free_port
 from vsearch.storage import IndexStore, ModelStore, Storage
 from vsearch.storage.datasets import dataset_prefix
 
@@ -83,8 +84,10 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     scale = _scaling(cfg)
     groups = assign_shards(manifest.shards, cfg.serve.searchers)
     where = StorageArgs(root=cfg.storage, options=cfg.storage_options)
+    gpus = _searcher_gpus(cfg)
+    on_gpu = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}} if gpus else {}
     searchers = [
-        ShardSearcher.options(name=f"ShardSearcher{i}", **scale(4)).bind(
+        ShardSearcher.options(name=f"ShardSearcher{i}", **on_gpu, **scale(4)).bind(
             SearcherArgs(
                 storage=where, index_version=manifest.version, shard_names=[e.name for e in g]
             )
@@ -129,6 +132,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         )
     )
     return ingress.bind(embedder, searchers, reranker, settings)
+
+
+def _searcher_gpus(cfg: Config) -> float:
+    """GPUs each shard searcher replica asks for (``serve.searcher_gpus``), from the GPUs of
+    the cluster the app is built on; 0 outside Ray or with ``ray.use_gpus`` off."""
+    if not ray.is_initialized():
+        return 0.0
+    return cluster_gpus(cfg.serve.searcher_gpus, cfg.serve.searchers, cfg.ray.use_gpus)
 
 
 def _scaling(cfg: Config) -> Callable[[float], dict[str, Any]]:

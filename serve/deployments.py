@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -91,6 +92,13 @@ class QueryEmbedder:
         return True
 
 
+def _sees_gpu() -> bool:
+    """Whether Ray gave this replica a GPU and FAISS was built with GPU support."""
+    import ray
+
+    return bool(ray.get_gpu_ids()) and hasattr(faiss, "StandardGpuResources")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class ShardSearcher:
     """Holds its group of shards of each index version served (the published one, and during a
@@ -99,6 +107,8 @@ class ShardSearcher:
     def __init__(self, args: SearcherArgs) -> None:
         self.store = IndexStore(Storage(args.storage.root, args.storage.options))
         self.indexes: dict[str, ShardedIndex] = {}
+        # A replica given a GPU (serve.searcher_gpus) searches the shards FAISS can run there.
+        self.gpu = faiss.StandardGpuResources() if _sees_gpu() else None
         self.load(args.index_version, args.shard_names)
 
     def load(self, index_version: str, shard_names: list[str]) -> None:
@@ -109,6 +119,9 @@ class ShardSearcher:
         manifest = self.store.manifest(index_version)
         category = {e.name: e.category for e in manifest.shards}
         shards = self.store.load_shards(manifest, shard_names)
+        if self.gpu is not None:
+            for shard in shards:
+                shard.move_to_gpu(self.gpu)
         self.indexes[index_version] = ShardedIndex((category[s.name], s) for s in shards)
 
     def drop(self, keep: list[str]) -> None:

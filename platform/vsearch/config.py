@@ -373,6 +373,11 @@ class ServeConfig(_Strict):
     #: replica that died is replaced (and no longer sent requests) after about one period.
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+    #: GPUs each shard searcher replica asks for; "auto": the cluster's GPUs shared by the
+    #: searchers (at most one each) when it has any when the app is built, else 0. A searcher
+    #: given a GPU searches its exhaustive sign-code shards there (FAISS's GpuIndexBinaryFlat,
+    #: faiss-gpu through the `gpu` extra); inverted-file and RaBitQ shards stay on the CPU.
+    searcher_gpus: Literal["auto"] | float = "auto"
     #: Hot reload: how often the ingress checks ``indexes/CURRENT`` (0: never) and how long an
     #: old version stays loaded after the switch, for requests still running on it.
     reload_interval_s: float = Field(5.0, ge=0)
@@ -469,6 +474,10 @@ class RayConfig(_Strict):
     #: Keep the session folder (Ray's logs, under /tmp/ray) of a private local cluster after a
     #: job that succeeded; a failed job's is always kept.
     keep_session_logs: bool = False
+    #: The one switch for GPUs: true lets every stage take the cluster's GPUs as its own
+    #: setting says (``train.use_gpu``, ``index.gpus_per_actor``, ``serve.searcher_gpus``, all
+    #: "auto" by default: GPUs when the cluster has them); false keeps every stage on the CPU.
+    use_gpus: bool = True
 
 
 class Config(_Strict):

@@ -71,3 +71,13 @@ def test_embedding_actors_share_the_clusters_gpus_on_auto() -> None:
     assert actor_gpus(0.25, 4, 1) == 0.25
     with pytest.raises(ValueError, match="gpus_per_actor is 1 but the cluster has 0 GPU"):
         actor_gpus(1.0, 2, 0)
+
+
+def test_one_switch_turns_every_stage_off_gpus() -> None:
+    from vsearch.runtime.cluster import cluster_gpus
+    from vsearch.runtime.training import wants_gpu
+
+    # With ray.use_gpus false nothing asks the cluster (no Ray session needed).
+    assert cluster_gpus("auto", 4, enabled=False) == 0.0
+    assert cluster_gpus(1.0, 4, enabled=False) == 0.0
+    assert wants_gpu(False, 2, 8) is False

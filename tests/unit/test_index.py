@@ -400,3 +400,17 @@ def test_shards_are_spread_over_searchers_by_size() -> None:
     assert [len(g) for g in assign_shards(entries[:1], 3)] == [1, 0, 0]
     with pytest.raises(ValueError):
         assign_shards(entries, 0)
+
+
+def test_a_shard_stays_on_the_cpu_where_faiss_has_no_gpu_version() -> None:
+    x, q = _clustered(seed=10, n=300, d=64, clusters=6, nq=5)
+    flat = ShardIndex.build("f", x, _meta(300))
+    before = flat.search(q, 5, 50)
+    has_gpu = hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0
+    if not has_gpu:  # faiss-cpu (CI): nothing moves, searches are unchanged
+        assert flat.move_to_gpu(object()) is False
+    else:  # faiss-gpu on a GPU host: the sign codes move and give the same shortlist
+        assert flat.move_to_gpu(faiss.StandardGpuResources()) is True
+    np.testing.assert_array_equal(flat.search(q, 5, 50)[1], before[1])
+    rabitq = ShardIndex.build("r", x, _meta(300), ivf_above=100)
+    assert rabitq.move_to_gpu(object()) is False  # no GPU version of RaBitQ's fast scan

@@ -48,6 +48,8 @@ META_FILE = "meta.parquet"
 #: The files :meth:`ShardIndex.to_bytes` produces.
 SHARD_FILES: tuple[str, ...] = (CODES_FILE, VECTORS_FILE, META_FILE)
 
+#: Largest k FAISS's GPU indexes search for.
+_GPU_MAX_K = 2048
 #: Bound on ``queries * candidates * dim`` floats gathered at once while rescoring.
 _RESCORE_FLOATS = 1 << 24
 
@@ -154,6 +156,8 @@ class ShardIndex:
         self.shortlist = shortlist
         self._name = name
         self._index = index
+        #: A GPU copy of an exhaustive sign-code engine (:meth:`move_to_gpu`); None: CPU only.
+        self._gpu_index: faiss.IndexBinary | None = None
         self._binary = isinstance(index, faiss.IndexBinary)
         #: Inverted lists a float-code ("RaBitQ") search probes; binary IVFs keep theirs inside.
         self._float_nprobe = 1
@@ -400,12 +404,29 @@ class ShardIndex:
             if params is None:  # made once per nprobe: a SWIG object costs microseconds a query
                 params = self._ivf_params[probe] = faiss.SearchParametersIVF(nprobe=probe)
             return self._index.search(queries, n_cand, params=params)[1]
+        if self._gpu_index is not None and n_cand <= _GPU_MAX_K:
+            return self._gpu_index.search(self._codec.encode(queries), n_cand)[1]
         tuned = self.nprobe
         try:
             self.nprobe = nprobe
             return self._index.search(self._codec.encode(queries), n_cand)[1]
         finally:
             self.nprobe = tuned
+
+    def move_to_gpu(self, resources: object, device: int = 0) -> bool:
+        """Search this shard's codes on a GPU when FAISS can: an exhaustive sign-code engine
+        ("BFlat") gets a ``GpuIndexBinaryFlat`` copy on ``device`` (``resources``: a
+        ``faiss.StandardGpuResources``), used for shortlists of up to 2,048 rows. FAISS has no
+        GPU version of the binary inverted file or of RaBitQ's fast scan, so those shards stay
+        on the CPU. Returns whether the shard now searches on the GPU; False on a FAISS built
+        without GPU support. Rescoring stays on the CPU (the vectors are memory-mapped)."""
+        gpu_flat = getattr(faiss, "GpuIndexBinaryFlat", None)
+        if gpu_flat is None or type(self._index) is not faiss.IndexBinaryFlat:
+            return False
+        config = faiss.GpuIndexBinaryFlatConfig()
+        config.device = device
+        self._gpu_index = gpu_flat(resources, self._index, config)
+        return True
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.asarray(queries)

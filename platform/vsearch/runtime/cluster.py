@@ -161,7 +161,14 @@ def actor_gpus(setting: str | float, actors: int, have: float) -> float:
     return value
 
 
-def embedding_gpus(cfg: IndexConfig, actors: int | None = None) -> float:
-    """:func:`actor_gpus` of ``cfg.gpus_per_actor`` on the connected cluster."""
-    have = float(ray.cluster_resources().get("GPU", 0)) if cfg.gpus_per_actor != 0 else 0.0
-    return actor_gpus(cfg.gpus_per_actor, actors or cfg.embed_actors, have)
+def embedding_gpus(cfg: IndexConfig, actors: int | None = None, enabled: bool = True) -> float:
+    """:func:`actor_gpus` of ``cfg.gpus_per_actor`` on the connected cluster (0 when GPUs are
+    switched off: ``ray.use_gpus``)."""
+    return cluster_gpus(cfg.gpus_per_actor, actors or cfg.embed_actors, enabled)
+
+
+def cluster_gpus(setting: str | float, actors: int, enabled: bool = True) -> float:
+    """:func:`actor_gpus` on the connected cluster's GPUs; 0 when ``enabled`` is False."""
+    if not enabled or setting == 0:
+        return 0.0
+    return actor_gpus(setting, actors, float(ray.cluster_resources().get("GPU", 0)))

@@ -274,7 +274,7 @@ def _encode(
             batch_format="numpy",
             compute=ActorPoolStrategy(size=actors),
             num_cpus=cfg.index.cpus_per_actor,
-            num_gpus=embedding_gpus(cfg.index),
+            num_gpus=embedding_gpus(cfg.index, enabled=cfg.ray.use_gpus),
             memory=cfg.index.backbone_actor_memory_mb * 2**20,
         )
     )

@@ -129,7 +129,7 @@ def stage_catalog(
         batch_format="numpy",
         compute=ActorPoolStrategy(size=cfg.index.embed_actors),
         num_cpus=cfg.index.cpus_per_actor,
-        num_gpus=embedding_gpus(cfg.index),
+        num_gpus=embedding_gpus(cfg.index, enabled=cfg.ray.use_gpus),
         memory=cfg.index.backbone_actor_memory_mb * 2**20,
     )
     staged = StagedCatalog(staging=staging)

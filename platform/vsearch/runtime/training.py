@@ -214,7 +214,9 @@ def fit(
         cfg, dataset_prefix, map_keys, cache_id, image_sizes, box_keys
     )
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = wants_gpu(cfg.train.use_gpu, cfg.train.num_workers, gpus)
+    use_gpu = wants_gpu(
+        cfg.train.use_gpu if cfg.ray.use_gpus else False, cfg.train.num_workers, gpus
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
