@@ -48,6 +48,8 @@ META_FILE = "meta.parquet"
 #: The files :meth:`ShardIndex.to_bytes` produces.
 SHARD_FILES: tuple[str, ...] = (CODES_FILE, VECTORS_FILE, META_FILE)
 
+#: The FastScan search variant RaBitQ shards use (see ``ShardIndex.__init__``).
+_FASTSCAN_IMPLEM = 10
 #: Largest k FAISS's GPU indexes search for.
 _GPU_MAX_K = 2048
 #: Bound on ``queries * candidates * dim`` floats gathered at once while rescoring.
@@ -159,6 +161,10 @@ class ShardIndex:
         #: A GPU copy of an exhaustive sign-code engine (:meth:`move_to_gpu`); None: CPU only.
         self._gpu_index: faiss.IndexBinary | None = None
         self._binary = isinstance(index, faiss.IndexBinary)
+        if isinstance(index, faiss.IndexIVFFastScan):
+            # FastScan's variant 10 keeps the shortlist in a reservoir instead of a heap: same
+            # results, 15-17% less search time at shortlists of 128-256 (1M vectors, 1 thread).
+            index.implem = _FASTSCAN_IMPLEM
         #: Inverted lists a float-code ("RaBitQ") search probes; binary IVFs keep theirs inside.
         self._float_nprobe = 1
         self._ivf_params: dict[int, faiss.SearchParametersIVF] = {}
