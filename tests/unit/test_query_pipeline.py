@@ -80,3 +80,13 @@ def test_run_searches_the_routed_shards_and_returns_products_box_and_category() 
     # Routed to the wrong category, the photo's own product cannot be found.
     wrong = pipe.run({**pred, "category_probs": np.array([0.0, 0.9, 0.1])}, NAMES, 3, search)
     assert all(p.category == "drinks" for p in wrong.products)
+
+
+def test_rank_keeps_the_best_images_of_all_searchers_as_one_search_would() -> None:
+    # Two searchers each return their best 2 images; the pool is the best 2 overall, so the
+    # product whose only image is third overall is not ranked, whatever searcher found it.
+    lists = [[_hit("a1", "A", 0.9), _hit("c1", "C", 0.6)], [_hit("b1", "B", 0.8),
+             _hit("d1", "D", 0.7)]]  # fmt: skip
+    plan = QueryPlan(3, None, "all", 2, False)
+    ranked = QueryPipeline(QueryPolicy()).rank(plan, lists)
+    assert [p.product_id for p in ranked] == ["A", "B"]

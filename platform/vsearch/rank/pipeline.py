@@ -122,9 +122,16 @@ class QueryPipeline:
         text_vector: np.ndarray | None = None,
         channel: TextChannel | None = None,
     ) -> list[RankedProduct]:
-        """Merge the searchers' hits and rank the plan's ``k`` products (re-scored by the text
-        of a hybrid query against ``channel``)."""
-        hits = [h for hits in hit_lists for h in hits]
+        """Merge the searchers' hits into the plan's best ``images`` and rank the plan's ``k``
+        products from them (re-scored by the text of a hybrid query against ``channel``).
+
+        Each searcher returns its own best ``images``; keeping the best ``images`` of their union
+        makes the pool exactly one search over all the routed shards would give, so a service
+        with any number of searchers ranks what an in-process search ranks."""
+        merged = sorted(
+            (h for hits in hit_lists for h in hits), key=lambda h: (-h.score, h.shard, h.image_id)
+        )
+        hits = merged[: plan.images]
         vector = text_vector if plan.hybrid else None
         return rank_products(self.reranker, hits, plan.k, vector, channel, self.policy.text_weight)
 
