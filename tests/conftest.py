@@ -8,7 +8,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -90,3 +93,35 @@ def make_tiny_onnx(with_tail: bool = False) -> bytes:
 @pytest.fixture(scope="session")
 def tiny_onnx() -> bytes:
     return make_tiny_onnx()
+
+
+#: A head node with the dashboard (job server, Serve's deploy API) on a given port and the given
+#: logical CPUs, until its stdin closes.
+_HEAD = """
+import sys, ray
+ray.init(address="local", num_cpus=int(sys.argv[2]), include_dashboard=True,
+         dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]), logging_level="ERROR")
+print("ready", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@contextmanager
+def dashboard_head(port: int, env: dict[str, str], num_cpus: int = 2) -> Iterator[None]:
+    """A local Ray head in its own process, its dashboard on 127.0.0.1:``port``; shut down on
+    exit (its stdin closed, killed after 60 s)."""
+    head = subprocess.Popen(
+        [sys.executable, "-c", _HEAD, str(port), str(num_cpus)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert head.stdout is not None and head.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        if head.stdin is not None:
+            head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()

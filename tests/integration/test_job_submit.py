@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import dashboard_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-#: A head node with the dashboard (and so the job server) on a given port, until stdin closes.
-HEAD = """
-import sys, ray
-ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-         dashboard_port=int(sys.argv[1]), logging_level="ERROR")
-print("ready", flush=True)
-sys.stdin.read()
-ray.shutdown()
-"""
 
 
 def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path) -> None:
@@ -39,12 +29,7 @@ def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path)
     token = secrets.token_hex(16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # fmt: skip
-    head = subprocess.Popen(
-        [sys.executable, "-c", HEAD, str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert head.stdout is not None and head.stdout.readline().strip() == "ready"
+    with dashboard_head(port, env):
         client = JobSubmissionClient(
             f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
         )
@@ -74,10 +59,3 @@ def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path)
         # Its driver joined this cluster: the job server saw it connect.
         assert client.get_job_info(job).driver_info is not None
         assert (tmp_path / "indexes" / "CURRENT").read_text().strip().startswith("i")
-    finally:
-        if head.stdin is not None:
-            head.stdin.close()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()

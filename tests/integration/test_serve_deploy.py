@@ -18,20 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import dashboard_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-
-#: A head node with the dashboard (Serve's deploy API) on a given port, until stdin closes.
-HEAD = """
-import sys, ray
-ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
-         dashboard_port=int(sys.argv[1]), logging_level="ERROR")
-print("ready", flush=True)
-sys.stdin.read()
-ray.shutdown()
-"""
 
 
 def _published_tiny_index(store: Path) -> tuple[str, bytes]:
@@ -66,12 +57,7 @@ def test_the_shipped_serve_config_deploys_and_answers(tmp_path: Path) -> None:
     deploy_file = tmp_path / "serve.yaml"
     deploy_file.write_text(yaml.safe_dump(conf))
 
-    head = subprocess.Popen(
-        [sys.executable, "-c", HEAD, str(dashboard)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert head.stdout is not None and head.stdout.readline().strip() == "ready"
+    with dashboard_head(dashboard, env, num_cpus=4):
         serve_cli = Path(sys.executable).with_name("serve")
         address = f"http://127.0.0.1:{dashboard}"
         # The dashboard's Serve API comes up a little after the head: retry a short while.
@@ -116,10 +102,3 @@ def test_the_shipped_serve_config_deploys_and_answers(tmp_path: Path) -> None:
         assert reply.status_code == 200, reply.text[:500]
         body = reply.json()
         assert body["index_version"] == version and body["results"]
-    finally:
-        if head.stdin is not None:
-            head.stdin.close()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
