@@ -61,7 +61,7 @@ def main() -> None:
         log: list[tuple[float, str, dict[str, int], int]] = []
         answered = [0]
         stop = threading.Event()
-        with ray_session(cfg.ray), running_service(cfg, quiet=True) as url:
+        with ray_session(cfg.ray, cfg.serve), running_service(cfg, quiet=True) as url:
 
             def client(i: int) -> None:
                 session = requests.Session()

@@ -145,6 +145,8 @@ def _healthz_under_stress(url: str, seconds: float) -> dict:
         latencies.append(time.perf_counter() - began)
         time.sleep(0.1)
     stop.set()
+    for t in threads:  # close the uploads before the service stops (no broken-request logs)
+        t.join(timeout=5)
     return {"checks": len(latencies), "p50_ms": 1000 * _percentile(latencies, 50),
             "max_ms": 1000 * max(latencies), "big_png_bytes": len(big)}  # fmt: skip
 
@@ -208,7 +210,7 @@ def main() -> None:
         print(f"in process: p50 {local_p50:.1f} ms", flush=True)
 
         rows = []
-        with ray_session(cfg.ray), running_service(cfg, quiet=True) as url:
+        with ray_session(cfg.ray, cfg.serve), running_service(cfg, quiet=True) as url:
             for _ in range(20):  # warm up
                 requests.post(f"{url}/search", data=photos[0], timeout=60).raise_for_status()
             for clients in args.clients:
@@ -219,7 +221,9 @@ def main() -> None:
     lines = [
         "# Serving under load\n",
         f"{args.n} catalogue vectors in 6 category shards; query model {args.arch} (untrained, "
-        f"{embedder.dim}-d); 2 CPUs; 127.0.0.1; {args.seconds:.0f} s per level.\n",
+        f"{embedder.dim}-d); 2 CPUs; 127.0.0.1; {args.seconds:.0f} s per level; "
+        f"serve.throughput_optimized {cfg.serve.throughput_optimized}, searchers "
+        f"{cfg.serve.searchers}.\n",
         f"In process (decode + embed + route + search + re-rank, one query at a time): "
         f"p50 **{local_p50:.1f} ms**.\n",
         "| clients | requests | failed | QPS | p50 ms | p99 ms | p50 added by the graph ms |",

@@ -37,7 +37,7 @@ def _serve(cfg: Config) -> None:
     from vsearch.runtime.cluster import ray_session
 
     auth = auth_settings(cfg)  # a missing token is reported before Ray starts
-    with ray_session(cfg.ray), running_service(cfg) as url:
+    with ray_session(cfg.ray, cfg.serve), running_service(cfg) as url:
         note = ", Bearer token required" if auth["require_auth"] else ""
         print(
             f"Serving at {url} (POST /search, GET /healthz /readyz /metrics{note}). Ctrl-C stops."

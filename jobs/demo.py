@@ -93,7 +93,7 @@ def scratch_config(cfg: Config) -> Config | None:
 
 def main(cfg: Config, once: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, cfg.serve):
         generate.main(cfg)
         compare = {}
         scratch = scratch_config(cfg)

@@ -86,8 +86,11 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     where = StorageArgs(root=cfg.storage, options=cfg.storage_options)
     gpus = _searcher_gpus(cfg)
     on_gpu = {"ray_actor_options": {"num_cpus": 0.25, "num_gpus": gpus}} if gpus else {}
+    ongoing = cfg.serve.stage_max_ongoing_requests
     searchers = [
-        ShardSearcher.options(name=f"ShardSearcher{i}", **on_gpu, **scale(4)).bind(
+        ShardSearcher.options(
+            name=f"ShardSearcher{i}", max_ongoing_requests=ongoing, **on_gpu, **scale(4)
+        ).bind(
             SearcherArgs(
                 storage=where, index_version=manifest.version, shard_names=[e.name for e in g]
             )
@@ -118,12 +121,13 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         policy=QueryPolicy.of(cfg),
         rate_limit_per_s=cfg.serve.rate_limit_per_s,
         rate_limit_burst=cfg.serve.rate_limit_burst,
+        grpc_calls=cfg.serve.throughput_optimized,
         **auth_settings(cfg),
     )
     ingress = SearchIngress.options(
         max_ongoing_requests=cfg.serve.ingress_max_ongoing_requests, **scale(32)
     )
-    reranker = ResultReranker.options(**scale(16)).bind(
+    reranker = ResultReranker.options(max_ongoing_requests=ongoing, **scale(16)).bind(
         RerankerArgs(
             storage=where,
             index_version=manifest.version,

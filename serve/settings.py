@@ -74,3 +74,6 @@ class IngressArgs(_Args):
     require_auth: bool
     auth_token_env: str
     auth_token_file: str | None
+    #: Call the other deployments over Serve's gRPC channel (``serve.throughput_optimized``)
+    #: rather than as Ray actor calls.
+    grpc_calls: bool = False

@@ -53,7 +53,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "serve.reload_grace_s=2",
         ],
     )
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, cfg.serve):
         prefix = generate.main(cfg)
         storage = Storage(cfg.storage)
         ds = read_dataset(storage, prefix)

@@ -62,6 +62,36 @@ def test_a_private_session_folder_is_removed_after_success_and_kept_after_failur
     shutil.rmtree(kept, ignore_errors=True)
 
 
+@pytest.mark.ray
+def test_a_serving_session_starts_ray_in_serves_throughput_mode(monkeypatch) -> None:
+    import ray
+
+    from vsearch.config import RayConfig, ServeConfig
+    from vsearch.runtime.cluster import ray_session, serve_env
+
+    @ray.remote(num_cpus=0.1)
+    def seen() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+
+    for key in serve_env(ServeConfig()):
+        monkeypatch.delenv(key, raising=False)
+    with ray_session(RayConfig(num_cpus=1), ServeConfig()):
+        got = ray.get(seen.remote())
+    assert (
+        got
+        == serve_env(ServeConfig())
+        == {
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_LOG_TO_STDERR": "1",
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+        }
+    )
+    # Only the processes Ray started got them; the driver's environment is as it was.
+    assert not any(key in os.environ for key in got)
+    with ray_session(RayConfig(num_cpus=1), ServeConfig(throughput_optimized=False)):
+        assert ray.get(seen.remote()) == {}
+
+
 def test_embedding_actors_share_the_clusters_gpus_on_auto() -> None:
     from vsearch.runtime.cluster import actor_gpus
 

@@ -82,6 +82,15 @@ def test_cluster_yaml_names_only_files_that_exist_and_keeps_the_dashboard_privat
     head = " ".join(conf["head_start_ray_commands"])
     # The dashboard (job submission, Serve deploys) listens on the head's loopback only.
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    # Every node starts Ray in the Serve mode vsearch uses when it starts Ray itself.
+    from vsearch.config import ServeConfig
+    from vsearch.runtime.cluster import serve_env
+
+    env = serve_env(ServeConfig())
+    assert env
+    for commands in (conf["head_start_ray_commands"], conf["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert all(f"{key}={value}" in start for key, value in env.items()), start
 
 
 def test_prod_config_takes_its_storage_from_the_environment(monkeypatch) -> None:

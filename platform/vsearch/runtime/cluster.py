@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import ray
 
-from vsearch.config import IndexConfig, RayConfig
+from vsearch.config import IndexConfig, RayConfig, ServeConfig
 
 #: Environment every Ray worker gets: one thread per library, no usage reporting.
 WORKER_ENV = {
@@ -53,6 +53,21 @@ def quiet_worker_logs() -> None:
 SETUP_HOOK = f"{__name__}.{quiet_worker_logs.__name__}"
 
 
+def serve_env(cfg: ServeConfig | None) -> dict[str, str]:
+    """Environment of the Ray processes for Serve's throughput-optimised mode
+    (``serve.throughput_optimized``); empty when it is off or there is no service."""
+    if cfg is None or not cfg.throughput_optimized:
+        return {}
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Our own lines ("vsearch: index version ... refused") reach the console; the mode
+        # would send replicas' output to Serve's log files only.
+        "RAY_SERVE_LOG_TO_STDERR": "1",
+        # HTTP enters through the proxy alone (on serve.host), not a port per ingress replica.
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    }
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -86,12 +101,14 @@ def session_address(cfg: RayConfig) -> str:
 
 
 @contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[None]:
+def ray_session(cfg: RayConfig, serve: ServeConfig | None = None) -> Iterator[None]:
     """Run the body inside Ray; start it (and shut it down after) unless already initialised.
 
     ``address="local"`` always starts a new private cluster with ``num_cpus`` CPUs, unless the
     job was submitted with ``ray job submit`` (then it joins the cluster it runs on); any other
-    address joins that cluster.
+    address joins that cluster. A session that will run the service passes ``serve``: a private
+    cluster then starts with its Serve settings (:func:`serve_env`; values already in the
+    environment win).
     """
     if ray.is_initialized():
         yield
@@ -117,7 +134,15 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory
-    ray.init(**kwargs)
+    extra = {k: v for k, v in serve_env(serve).items() if k not in os.environ}
+    if address != "local":
+        extra = {}  # a running cluster's processes have their environment already
+    os.environ.update(extra)  # inherited by the processes Ray starts, and only by them
+    try:
+        ray.init(**kwargs)
+    finally:
+        for key in extra:
+            os.environ.pop(key, None)
     quiet_ray_data()
     # A private cluster's session folder (its logs) is removed after a job that succeeded, so
     # that nightly runs do not pile them up; a failed job's is kept for its logs.
