@@ -396,12 +396,13 @@ class ServeConfig(_Strict):
     #: default of 5 made the callers back off and retry instead, and throughput fell with more
     #: clients (32 clients: 25 req/s against 53 at 8).
     stage_max_ongoing_requests: int = Field(32, ge=1)
-    #: Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between the deployments instead
-    #: of Ray actor calls, each replica's code and router on its main event loop, garbage
-    #: collection frozen after start-up. Set as environment variables of the Ray processes, so it
-    #: applies where vsearch starts Ray itself; a cluster started with ``ray start`` takes them
-    #: from the nodes' environment (cluster.yaml sets them). Serve's direct ingress (a port per
-    #: ingress replica) stays off: HTTP enters through the proxy on ``host``:``port`` only.
+    #: The settings of Ray Serve's throughput-optimised mode (Ray >= 2.56): gRPC between the
+    #: deployments instead of Ray actor calls, each replica's code and router on its main event
+    #: loop. They are environment variables of the Ray processes
+    #: (``vsearch.runtime.cluster.serve_env``), so they apply where vsearch starts Ray itself; a
+    #: cluster started with ``ray start`` takes them from the nodes' environment (cluster.yaml
+    #: sets them). The ingress asks for gRPC calls whatever the cluster's settings. HTTP still
+    #: enters through the proxy on ``host``:``port`` only.
     throughput_optimized: bool = True
 
 

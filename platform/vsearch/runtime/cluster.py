@@ -54,17 +54,20 @@ SETUP_HOOK = f"{__name__}.{quiet_worker_logs.__name__}"
 
 
 def serve_env(cfg: ServeConfig | None) -> dict[str, str]:
-    """Environment of the Ray processes for Serve's throughput-optimised mode
-    (``serve.throughput_optimized``); empty when it is off or there is no service."""
+    """Environment of the Ray processes for ``serve.throughput_optimized``: the settings of
+    Serve's throughput-optimised mode that apply here, one by one (the mode's own switch,
+    ``RAY_SERVE_THROUGHPUT_OPTIMIZED``, would also give every ingress replica a port of its own,
+    send the replicas' output to log files only, and print its settings at start-up). Empty
+    when it is off or there is no service."""
     if cfg is None or not cfg.throughput_optimized:
         return {}
     return {
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        # Our own lines ("vsearch: index version ... refused") reach the console; the mode
-        # would send replicas' output to Serve's log files only.
-        "RAY_SERVE_LOG_TO_STDERR": "1",
-        # HTTP enters through the proxy alone (on serve.host), not a port per ingress replica.
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+        # gRPC between the deployments and from the proxy, instead of Ray actor calls.
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        # Each replica's code and its router on the replica's main event loop (no thread hops).
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     }
 
 
