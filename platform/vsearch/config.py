@@ -148,9 +148,11 @@ class ModelConfig(_Strict):
     #: Localisation branch: predicted box -> soft sigmoid mask -> masked pooling.
     localise: bool = True
     #: How the box is predicted: "spatial" (an attention map over the cells, its expected
-    #: position the centre) or "pooled" (from globally pooled features, as in model versions
-    #: before it; it cannot tell where things are, and boxes came out worse).
-    localiser: Literal["spatial", "pooled"] = "spatial"
+    #: position the centre), "cells" (every cell predicts its distances to the four edges, the
+    #: attention map weighs the cells' boxes: edges between cell centres) or "pooled" (from
+    #: globally pooled features, as in model versions before "spatial"; it cannot tell where
+    #: things are, and boxes came out worse).
+    localiser: Literal["spatial", "pooled", "cells"] = "spatial"
     #: Detect, then embed (Alibaba): one more backbone pass on the square around the predicted
     #: box (``box_margin`` of its side added on each side), seen as one more view. Needs a frozen
     #: ONNX backbone: training predicts the training images' boxes with a first model, caches the

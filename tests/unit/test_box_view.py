@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from vsearch.config import ModelConfig
 from vsearch.imaging import box_crop
 from vsearch.models.artifact import ModelArtifact, build_network, initial_artifact
 from vsearch.models.embedder import Embedder
-from vsearch.models.heads import SearchHead, SpatialLocaliser, SubjectLocaliser
+from vsearch.models.heads import CellLocaliser, SearchHead, SpatialLocaliser, SubjectLocaliser
 from vsearch.runtime.training_data import training_rows
 from vsearch.storage import Storage
 from vsearch.storage.feature_cache import box_key, round_box
@@ -44,13 +45,37 @@ def test_spatial_localiser_finds_where_the_subject_is() -> None:
     torch.testing.assert_close(pooled(_hot_spot(1, 5)), pooled(_hot_spot(5, 1)))
 
 
-def test_spatial_localiser_starts_centred_and_learns_from_the_metric_loss() -> None:
+def test_cell_localiser_puts_the_box_around_the_cells_that_see_the_subject() -> None:
+    loc = CellLocaliser(4, hidden=4)
+    with torch.no_grad():  # attention on the hot spot; every cell says "0.1 to each edge"
+        loc.reduce.weight.zero_()
+        loc.reduce.weight[0, 0] = 1.0
+        loc.reduce.bias.zero_()
+        loc.score.weight.zero_()
+        loc.score.weight[0, 0] = 5.0
+        loc.edges.weight.zero_()
+        loc.edges.bias.fill_(math.log(0.1 / 0.9))
+    for row, col in ((1, 5), (4, 2), (6, 6)):
+        x0, y0, x1, y1 = loc(_hot_spot(row, col))[0].tolist()
+        cx, cy = (col + 0.5) / 7, (row + 0.5) / 7
+        assert [x0, y0, x1, y1] == pytest.approx([cx - 0.1, cy - 0.1, cx + 0.1, cy + 0.1], abs=0.02)
+    # Edges between cell centres: the cells' distances move the box, not only the attention.
+    with torch.no_grad():
+        loc.edges.weight[2, 0] = 0.5  # the hot cell sees the right edge further away
+    x0, _, x1, _ = loc(_hot_spot(3, 3))[0].tolist()
+    assert x1 - 0.5 > 0.5 - x0 + 0.1
+
+
+@pytest.mark.parametrize("localiser", ["spatial", "cells"])
+def test_localisers_start_centred_and_learn_from_the_metric_loss(localiser: str) -> None:
     from vsearch.models.losses import SupConLoss
 
     torch.manual_seed(0)
-    head = SearchHead(16, 8, localise=True, steepness=10.0, localiser="spatial")
+    head = SearchHead(16, 8, localise=True, steepness=10.0, localiser=localiser)
     box = head(torch.randn(3, 16, 5, 5)).box
     torch.testing.assert_close((box[:, :2] + box[:, 2:]) / 2, torch.full((3, 2), 0.5), atol=1e-2,
+                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(box[:, 2:] - box[:, :2], torch.full((3, 2), 0.88), atol=2e-2,
                                rtol=0)  # fmt: skip
     fmap = torch.randn(8, 16, 5, 5)
     SupConLoss(0.1)(head(fmap).embedding, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])).backward()
