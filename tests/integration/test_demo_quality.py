@@ -57,9 +57,9 @@ def test_demo_with_the_pretrained_backbone_clears_the_floor(tmp_path: Path) -> N
     assert offline["box"]["iou"] >= FLOOR_IOU
 
 
-# Measured with the spatial localiser and the box view; the demo config uses the "cells" localiser
-# since 2026-11-30 (full demo: IoU 0.618 against 0.591). Before the box view, 2026-11-22: R@1 0.479, mAP@10
-# 0.652 against 0.461, category 0.833).
+# Measured with the spatial localiser and the box view; the demo config uses the "cells"
+# localiser since 2026-11-30 (full demo: IoU 0.618 against 0.591). Before the box view
+# (2026-11-22): R@1 0.479, mAP@10 0.652 against 0.461, category 0.833.
 FLOOR_R1 = 0.55  # measured 0.792 (pooled backbone: 0.333)
 FLOOR_CATEGORY = 0.70  # measured 0.958
 FLOOR_MAP_GAIN = 0.25  # measured mAP@10 0.865 vs 0.461
