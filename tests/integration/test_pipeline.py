@@ -443,7 +443,10 @@ def test_a_searcher_replica_killed_under_load_fails_nothing(running: Running) ->
     from serve.app import AppArgs, build_app
     from serve.client import SearchClient
 
-    serve_cfg = running.cfg.serve.model_copy(update={"max_replicas": 2, "min_replicas": 2})
+    # No rate limit: four clients without pause may pass it, and 429s are not this test's.
+    serve_cfg = running.cfg.serve.model_copy(
+        update={"max_replicas": 2, "min_replicas": 2, "rate_limit_per_s": 0}
+    )
     cfg = running.cfg.model_copy(update={"serve": serve_cfg})
     serve.run(build_app(AppArgs(config=cfg.model_dump())), name="replicated",
               route_prefix="/replicated")  # fmt: skip
@@ -498,7 +501,7 @@ def test_a_searcher_replica_killed_under_load_fails_nothing(running: Running) ->
 
 
 def test_hot_reload_under_a_request_stream(running: Running, tmp_path: Path) -> None:
-    """A delta version published while one client searches without pause: the service switches
+    """A delta version published while one client searches all the time: the service switches
     to it with no failed request, never goes back, and the deleted image is gone after."""
     import threading
 
@@ -515,9 +518,14 @@ def test_hot_reload_under_a_request_stream(running: Running, tmp_path: Path) -> 
     seen: list[tuple[int, str, list[str]]] = []
     stop = threading.Event()
 
+    # Below the service's per-client rate limit (every test's client is 127.0.0.1): a stream
+    # without pause reaches it now that a search takes a few ms, and 429s are not this test's.
+    pause = 1.5 / running.cfg.serve.rate_limit_per_s
+
     def stream() -> None:
         session = requests.Session()
         while not stop.is_set():
+            time.sleep(pause)
             resp = session.post(f"{running.url}/search", params={"k": 3}, data=photo, timeout=60)
             body = resp.json()
             seen.append((resp.status_code, body.get("index_version", ""),
