@@ -10,7 +10,10 @@ query model (its cost is a trained one's). The service runs as `vsearch serve` r
   ``--seconds`` (at most ``--max-requests`` each): QPS and p50 / p99 latency;
 - ``/healthz`` latency while 5 clients upload at 2 kB/s and 2 clients send 20-megapixel PNGs.
 
-Prints a table and writes it to ``--out`` (``benchmarks/results/bench_serve.md``).
+Then the same graph again with the load settings at Serve's defaults (``--no-baseline`` skips
+it), for ratios measured in the same run. Prints the tables and writes them to ``--out``
+(``benchmarks/results/bench_serve.md``).
+
 Usage: ``python benchmarks/bench_serve.py [--n 100000] [--clients 1 8 32] [--seconds 15]``.
 """
 
@@ -182,6 +185,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-requests", type=int, default=2000, help="per client")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_serve.md")
+    parser.add_argument(
+        "--no-baseline", action="store_true",
+        help="skip the second service with Serve's defaults (the load settings off)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(REPO / "configs" / "demo.yaml", [
@@ -218,6 +225,19 @@ def main() -> None:
                 print(rows[-1], flush=True)
             health = _healthz_under_stress(url, 10.0)
             print(health, flush=True)
+        # The same graph with the load settings at Serve's defaults, in a Ray of its own.
+        baseline = []
+        if not args.no_baseline:
+            plain = cfg.model_copy(deep=True)
+            plain.serve.throughput_optimized = False
+            plain.serve.stage_max_ongoing_requests = 5
+            plain.serve.batch_wait_timeout_s = 0.005
+            with ray_session(plain.ray, plain.serve), running_service(plain, quiet=True) as url:
+                for _ in range(20):
+                    requests.post(f"{url}/search", data=photos[0], timeout=60).raise_for_status()
+                for clients in args.clients:
+                    baseline.append(_load(url, photos, clients, args.seconds, args.max_requests))
+                    print("baseline", baseline[-1], flush=True)
     lines = [
         "# Serving under load\n",
         f"{args.n} catalogue vectors in 6 category shards; query model {args.arch} (untrained, "
@@ -234,6 +254,20 @@ def main() -> None:
             f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['qps']:.1f} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['p50_ms'] - local_p50:.1f} |"
         )
+    if baseline:
+        lines += [
+            "\nThe same graph with Serve's defaults for the load settings (Ray actor calls "
+            "between deployments, `stage_max_ongoing_requests` 5, a 5 ms batch wait; "
+            "photo-only queries are still ranked in the ingress), in the same run:\n",
+            "| clients | QPS | p50 ms | p99 ms | QPS with the settings / without | "
+            "p50 without / with |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r, b in zip(rows, baseline, strict=True):
+            lines.append(
+                f"| {b['clients']} | {b['qps']:.1f} | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | "
+                f"{r['qps'] / b['qps']:.2f}x | {b['p50_ms'] / r['p50_ms']:.2f}x |"
+            )
     lines.append(
         f"\n`/healthz` while 5 clients upload at 2 kB/s and 2 send {health['big_png_bytes']} B "
         f"PNGs of 20 megapixels: {health['checks']} checks, p50 {health['p50_ms']:.1f} ms, "
