@@ -177,6 +177,24 @@ def publish_synthetic_index(cfg: Config, n: int) -> tuple[list, Embedder]:
     return built, embedder
 
 
+def _serve_levels(
+    cfg: Config, photos: list[bytes], args: argparse.Namespace, health: dict | None = None
+) -> list[dict]:
+    """Serve ``cfg`` on a private Ray, warm it up and load it at each of ``args.clients``;
+    with ``health``, also measure ``/healthz`` under stress into it."""
+    rows = []
+    with ray_session(cfg.ray, cfg.serve), running_service(cfg, quiet=True) as url:
+        for _ in range(20):  # warm up
+            requests.post(f"{url}/search", data=photos[0], timeout=60).raise_for_status()
+        for clients in args.clients:
+            rows.append(_load(url, photos, clients, args.seconds, args.max_requests))
+            print(f"throughput_optimized={cfg.serve.throughput_optimized}", rows[-1], flush=True)
+        if health is not None:
+            health.update(_healthz_under_stress(url, 10.0))
+            print(health, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
@@ -216,15 +234,8 @@ def main() -> None:
         local_p50 = 1000 * _percentile(local, 50)
         print(f"in process: p50 {local_p50:.1f} ms", flush=True)
 
-        rows = []
-        with ray_session(cfg.ray, cfg.serve), running_service(cfg, quiet=True) as url:
-            for _ in range(20):  # warm up
-                requests.post(f"{url}/search", data=photos[0], timeout=60).raise_for_status()
-            for clients in args.clients:
-                rows.append(_load(url, photos, clients, args.seconds, args.max_requests))
-                print(rows[-1], flush=True)
-            health = _healthz_under_stress(url, 10.0)
-            print(health, flush=True)
+        health: dict = {}
+        rows = _serve_levels(cfg, photos, args, health)
         # The same graph with the load settings at Serve's defaults, in a Ray of its own.
         baseline = []
         if not args.no_baseline:
@@ -232,12 +243,7 @@ def main() -> None:
             plain.serve.throughput_optimized = False
             plain.serve.stage_max_ongoing_requests = 5
             plain.serve.batch_wait_timeout_s = 0.005
-            with ray_session(plain.ray, plain.serve), running_service(plain, quiet=True) as url:
-                for _ in range(20):
-                    requests.post(f"{url}/search", data=photos[0], timeout=60).raise_for_status()
-                for clients in args.clients:
-                    baseline.append(_load(url, photos, clients, args.seconds, args.max_requests))
-                    print("baseline", baseline[-1], flush=True)
+            baseline = _serve_levels(plain, photos, args)
     lines = [
         "# Serving under load\n",
         f"{args.n} catalogue vectors in 6 category shards; query model {args.arch} (untrained, "

@@ -180,14 +180,13 @@ def running_service(cfg: Config, quiet: bool = False) -> Iterator[str]:
     Needs a Ray session. ``quiet`` turns off per-request access logs (for reports on stdout).
     """
     port = cfg.serve.port or free_port(cfg.serve.host)
-    logging_config = {"log_level": "WARNING", "enable_access_log": False} if quiet else None
+    # Serve's own controller and proxy: warnings only (their INFO lines need no action). The
+    # app's replicas log requests too unless ``quiet``.
+    warnings_only = {"log_level": "WARNING", "enable_access_log": False}
+    logging_config = warnings_only if quiet else None
     if quiet:  # Serve's own start-up lines in this process ("Started Serve ...", "... ready")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    # Serve's own controller and proxy: warnings only (their INFO lines, such as the list of
-    # throughput-mode settings at start-up, need no action). The app's replicas keep
-    # ``logging_config`` (access logs unless ``quiet``).
-    system_logs = {"log_level": "WARNING", "enable_access_log": False}
-    serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=system_logs)
+    serve.start(http_options={"host": cfg.serve.host, "port": port}, logging_config=warnings_only)
     try:
         serve.run(
             build_app(AppArgs(config=cfg.model_dump())),

@@ -64,7 +64,29 @@ class SubjectLocaliser(nn.Module):
         return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
-class SpatialLocaliser(nn.Module):
+class _CellAttention(nn.Module):
+    """What the spatial localisers share: a 1x1 convolution reduces the map, another scores every
+    cell, and the softmax of the scores over the cells is an attention map."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.score = nn.Conv2d(hidden, 1, 1)
+
+    def attend(
+        self, fmap: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reduced map ``h``, the attention ``(n, 1, gh, gw)``, and the cell centres as
+        fractions of the image side: ``ys`` ``(gh,)`` and ``xs`` ``(gw,)``."""
+        n, _, gh, gw = fmap.shape
+        h = F.relu(self.reduce(fmap))
+        attention = torch.softmax(self.score(h).flatten(1), dim=1).view(n, 1, gh, gw)
+        ys = (torch.arange(gh, dtype=fmap.dtype, device=fmap.device) + 0.5) / gh
+        xs = (torch.arange(gw, dtype=fmap.dtype, device=fmap.device) + 0.5) / gw
+        return h, attention, ys, xs
+
+
+class SpatialLocaliser(_CellAttention):
     """Feature map ``(n, C, g, g)`` -> subject box ``(n, 4)``, keeping where things are.
 
     A 1x1 convolution scores every cell; the softmax of those scores is an attention map whose
@@ -74,9 +96,7 @@ class SpatialLocaliser(nn.Module):
     """
 
     def __init__(self, channels: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, hidden, 1)
-        self.score = nn.Conv2d(hidden, 1, 1)
+        super().__init__(channels, hidden)
         self.size = nn.Linear(hidden, 2)
         for layer in (self.score, self.size):
             nn.init.normal_(layer.weight, std=1e-3)
@@ -85,11 +105,7 @@ class SpatialLocaliser(nn.Module):
             self.size.bias.fill_(2.0)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        n, _, gh, gw = fmap.shape
-        h = F.relu(self.reduce(fmap))
-        attention = torch.softmax(self.score(h).flatten(1), dim=1).view(n, 1, gh, gw)
-        ys = (torch.arange(gh, dtype=fmap.dtype, device=fmap.device) + 0.5) / gh
-        xs = (torch.arange(gw, dtype=fmap.dtype, device=fmap.device) + 0.5) / gw
+        h, attention, ys, xs = self.attend(fmap)
         cx = (attention.sum(dim=2).squeeze(1) * xs).sum(dim=1, keepdim=True)
         cy = (attention.sum(dim=3).squeeze(1) * ys).sum(dim=1, keepdim=True)
         size = torch.sigmoid(self.size((h * attention).sum(dim=(2, 3))))
@@ -97,7 +113,7 @@ class SpatialLocaliser(nn.Module):
         return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
-class CellLocaliser(nn.Module):
+class CellLocaliser(_CellAttention):
     """Feature map ``(n, C, g, g)`` -> subject box ``(n, 4)`` from every cell's own estimate.
 
     Each cell predicts its distances to the four edges of the subject's box (sigmoids, as
@@ -109,9 +125,7 @@ class CellLocaliser(nn.Module):
     """
 
     def __init__(self, channels: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, hidden, 1)
-        self.score = nn.Conv2d(hidden, 1, 1)
+        super().__init__(channels, hidden)
         self.edges = nn.Conv2d(hidden, 4, 1)
         for layer in (self.score, self.edges):
             nn.init.normal_(layer.weight, std=1e-3)
@@ -120,11 +134,8 @@ class CellLocaliser(nn.Module):
             self.edges.bias.fill_(math.log(0.44 / 0.56))
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        n, _, gh, gw = fmap.shape
-        h = F.relu(self.reduce(fmap))
-        attention = torch.softmax(self.score(h).flatten(1), dim=1).view(n, 1, gh, gw)
-        ys = ((torch.arange(gh, dtype=fmap.dtype, device=fmap.device) + 0.5) / gh).view(gh, 1)
-        xs = ((torch.arange(gw, dtype=fmap.dtype, device=fmap.device) + 0.5) / gw).view(1, gw)
+        h, attention, ys, xs = self.attend(fmap)
+        ys, xs = ys.view(-1, 1), xs.view(1, -1)
         d = torch.sigmoid(self.edges(h))  # (n, 4, g, g): left, top, right, bottom distances
         boxes = torch.stack([xs - d[:, 0], ys - d[:, 1], xs + d[:, 2], ys + d[:, 3]], dim=1)
         return (boxes * attention).sum(dim=(2, 3))

@@ -137,9 +137,9 @@ def ray_session(cfg: RayConfig, serve: ServeConfig | None = None) -> Iterator[No
         kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory
-    extra = {k: v for k, v in serve_env(serve).items() if k not in os.environ}
-    if address != "local":
-        extra = {}  # a running cluster's processes have their environment already
+    # A running cluster's processes have their environment already.
+    wanted = serve_env(serve) if address == "local" else {}
+    extra = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(extra)  # inherited by the processes Ray starts, and only by them
     try:
         ray.init(**kwargs)
