@@ -24,9 +24,9 @@ over the same vectors):
 Searches run on one thread: ``qps_single`` one query per call, ``qps_batch`` all queries in one
 call. Builds use every core. ``resident_bytes_per_vector`` is what a system holds in RAM to
 search (FAISS's serialised index: codes, ids, lists, graph, centroids; HNSW's and exact's
-include their float vectors); vsearch's rescoring vectors (``--rescore-dtype``, default int8 with
-a scale per row) are memory-mapped and counted
-in ``disk_bytes_per_vector`` (everything written per vector, codes included). Neither counts the
+include their float vectors); vsearch's rescoring vectors (``--rescore-dtype``, the index
+config's default: float16) are memory-mapped and counted in ``disk_bytes_per_vector``
+(everything written per vector, codes included). Neither counts the
 metadata table (image ids, titles) every system would need beside it. Writes a Markdown table
 next to ``--out`` and the rows as JSON to ``--out``.
 """
@@ -50,7 +50,7 @@ import pyarrow as pa
 from vsearch.config import IndexConfig
 from vsearch.eval.metrics import ann_recall
 from vsearch.index.builder import BuiltShard, shard_name
-from vsearch.index.shard import ShardIndex
+from vsearch.index.shard import LARGE_ENGINES, ShardIndex
 from vsearch.index.tuning import TuningSpec, tune_search
 from vsearch.storage import IndexStore, Storage
 
@@ -214,7 +214,7 @@ def bench(dist: str, db: np.ndarray, queries: np.ndarray, args: argparse.Namespa
         ).st_size / n  # fmt: skip
         del shard
         (loaded,) = store.load_shards(manifest)
-        assert isinstance(loaded.vectors, np.memmap)
+        assert loaded.rows_mapped
         found = loaded.search(queries, K)[1]
         r_v = ann_recall(found, truth, K)
         q_v = qps(lambda q: loaded.search(q, K), queries)
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--recall-target", type=float, default=defaults.recall_target)
     parser.add_argument("--probes", type=int, default=defaults.probe_queries,
                         help="held-out catalogue probes the vsearch tuning uses")  # fmt: skip
-    parser.add_argument("--engine", default=defaults.large_engine, choices=["rabitq", "bivf"])
+    parser.add_argument("--engine", default=defaults.large_engine, choices=list(LARGE_ENGINES))
     parser.add_argument("--ivf-above", type=int, default=defaults.ivf_above)
     parser.add_argument("--rescore-dtype", default=defaults.rescore_dtype,
                         choices=["int8", "float16", "float32"])  # fmt: skip

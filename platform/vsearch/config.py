@@ -305,9 +305,10 @@ class IndexConfig(_Strict):
     #: Shards of more rows than this get an inverted-file engine (lists probed tuned with the
     #: shortlist) instead of an exhaustive Hamming scan of sign codes ("BFlat").
     ivf_above: int | None = Field(50_000, ge=1)
-    #: That engine: "rabitq" (RaBitQ codes, "IVF<nlist>,RaBitQfs": a random rotation and a
-    #: distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
-    large_engine: Literal["rabitq", "bivf"] = "rabitq"
+    #: That engine: "pq" (4-bit product-quantiser codes of the residuals, "IVF<nlist>,PQ<d/2>x4fs",
+    #: scanned with SIMD lookup tables), "rabitq" (RaBitQ codes, "IVF<nlist>,RaBitQfs": a random
+    #: rotation and a distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
+    large_engine: Literal["pq", "rabitq", "bivf"] = "pq"
     #: Rescoring vectors on disk (memory-mapped by searchers): float16 (2 d bytes) keeps scores
     #: within 5e-4 of float32. int8 with a scale per row (d + 4 bytes) rescores faster (numpy
     #: widens int8 about 4x faster than float16) but is only within about 3e-3 at 128 d, which

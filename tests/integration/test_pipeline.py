@@ -577,7 +577,7 @@ def test_a_damaged_version_is_refused_and_the_served_one_kept(running: Running) 
             "text": text,
         }
     )
-    victim = f"indexes/{bad.version}/shards/{bad.shards[0].name}/vectors.npy"
+    victim = f"indexes/{bad.version}/shards/{bad.shards[0].name}/vectors.faiss"
     data = bytearray(storage.read_bytes(victim))
     data[-1] ^= 0xFF
     storage.write_bytes(victim, bytes(data))
@@ -590,7 +590,7 @@ def test_a_damaged_version_is_refused_and_the_served_one_kept(running: Running) 
             break
         time.sleep(0.3)
     assert ready["ready"] is True and ready["index_version"] == good.version
-    assert bad.version in ready["reload_error"] and "vectors.npy" in ready["reload_error"]
+    assert bad.version in ready["reload_error"] and "vectors.faiss" in ready["reload_error"]
     data_q, _ = _query_bytes(running.cfg)
     resp = requests.post(f"{running.url}/search", data=data_q, timeout=60)
     assert resp.status_code == 200 and resp.json()["index_version"] == good.version

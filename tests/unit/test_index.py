@@ -134,6 +134,50 @@ def test_shard_full_shortlist_equals_exact(
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def _numpy_rows_twin(shard: ShardIndex) -> ShardIndex:
+    """The same shard with its rescoring rows in a numpy ``vectors.npy`` (as shards written
+    before ``vectors.faiss`` have them), so that numpy rescores instead of FAISS."""
+    import io
+
+    files = shard.to_bytes()
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(shard.vectors))
+    files = {k: v for k, v in files.items() if k != "vectors.faiss"} | {
+        "vectors.npy": buf.getvalue()
+    }
+    twin = ShardIndex.from_bytes(shard.name, files, shard.shortlist, shard.nprobe)
+    assert not twin.rows_mapped and twin.rescore_dtype == shard.rescore_dtype
+    return twin
+
+
+@pytest.mark.parametrize("engine", ["pq", "rabitq"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_faiss_rescoring_matches_numpy_rescoring(engine: str, dtype: str) -> None:
+    x, q = _clustered(seed=11, n=3000, d=32, clusters=30, nq=40)
+    x[[20, 35, 41]] = x[7]  # exact duplicates: equal scores, to be ordered by row
+    q[0] = x[7]
+    shard = ShardIndex.build("f", x, _meta(3000), ivf_above=1000, large_engine=engine,
+                             rescore_dtype=dtype)  # fmt: skip
+    twin = _numpy_rows_twin(shard)
+    for k, shortlist, nprobe in ((10, 64, 4), (3, 200, 64), (2, 30, 1), (400, 10, 1)):
+        fast = shard.search(q[1:], k, shortlist, nprobe)
+        slow = twin.search(q[1:], k, shortlist, nprobe)
+        np.testing.assert_array_equal(fast[1], slow[1])
+        np.testing.assert_allclose(fast[0], slow[0], atol=1e-6)
+        one = shard.search(q[1:2], k, shortlist, nprobe)  # one query: the service's path
+        np.testing.assert_array_equal(one[1], slow[1][:1])
+    # Four equal scores: ordered by row inside the top k (FAISS's order is not), and the
+    # lowest rows kept when the tie crosses the cut.
+    for batch in (q[:1], q[:3]):
+        _, ids = shard.search(batch, 5, 200, 64)
+        assert ids[0, :4].tolist() == [7, 20, 35, 41] and ids[0, 4] not in (7, 20, 35, 41)
+    assert shard.search(q[:1], 3, 200, 64)[1][0].tolist() == [7, 20, 35]
+    # Fewer candidates than k (one list probed): padded with -inf / -1.
+    scores, ids = shard.search(q[:2], 400, 10, 1)
+    assert (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
+    assert ((ids >= 0) == np.isfinite(scores)).all()
+
+
 def test_shard_recall_grows_with_shortlist() -> None:
     x, q = _clustered(seed=3)
     shard = ShardIndex.build("clustered", x, _meta(len(x)))
@@ -195,7 +239,9 @@ def test_shard_round_trip() -> None:
         np.testing.assert_array_equal(i1, i2)
     assert again.to_bytes()[SHARD_FILES[0]] == files[SHARD_FILES[0]]
     with pytest.raises(ValueError):
-        ShardIndex.from_bytes("rt", {k: v for k, v in files.items() if k != "vectors.npy"})
+        ShardIndex.from_bytes("rt", {k: v for k, v in files.items() if k != "vectors.faiss"})
+    with pytest.raises(ValueError, match="not a FAISS index"):
+        ShardIndex.from_bytes("rt", {**files, "vectors.faiss": b"not an index"})
 
 
 def test_int8_shard_round_trips_through_a_memory_map(tmp_path) -> None:
@@ -254,10 +300,10 @@ def test_manifest_verify_detects_flipped_byte() -> None:
     files = all_files[entry.name]
     verify(entry, files)  # intact
     assert entry.files["meta.parquet"] == sha256_hex(files["meta.parquet"])
-    data = bytearray(files["vectors.npy"])
+    data = bytearray(files["vectors.faiss"])
     data[len(data) // 2] ^= 0x01
-    with pytest.raises(ValueError, match=r"vectors\.npy"):
-        verify(entry, {**files, "vectors.npy": bytes(data)})
+    with pytest.raises(ValueError, match=r"vectors\.faiss"):
+        verify(entry, {**files, "vectors.faiss": bytes(data)})
     with pytest.raises(ValueError, match=r"codes\.faissbin"):
         verify(entry, {k: v for k, v in files.items() if k != "codes.faissbin"})
 

@@ -127,7 +127,7 @@ def test_tuning_spec_from_config() -> None:
         TuningSpec(target=0.0)
 
 
-@pytest.mark.parametrize(("engine", "prefix"), [("bivf", "BIVF"), ("rabitq", "IVF")])
+@pytest.mark.parametrize(("engine", "prefix"), [("bivf", "BIVF"), ("rabitq", "IVF"), ("pq", "IVF")])
 def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     engine: str, prefix: str
 ) -> None:
@@ -157,7 +157,7 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     assert shard.nprobe == tuned.nprobe
 
 
-@pytest.mark.parametrize(("engine", "prefix"), [("bivf", "BIVF"), ("rabitq", "IVF")])
+@pytest.mark.parametrize(("engine", "prefix"), [("bivf", "BIVF"), ("rabitq", "IVF"), ("pq", "IVF")])
 def test_build_shards_records_engine_and_nprobe(engine: str, prefix: str) -> None:
     x = _clustered(3000, seed=5)
     spec = TuningSpec(target=0.9, probes=100)

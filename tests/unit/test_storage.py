@@ -141,11 +141,11 @@ def test_index_store_publish_and_verify(tmp_path: Path) -> None:
     assert store.current() == "i1"
     # A corrupted shard file is caught by its checksum.
     entry = manifest.shards[0]
-    victim = tmp_path / "indexes" / "i1" / "shards" / entry.name / "vectors.npy"
+    victim = tmp_path / "indexes" / "i1" / "shards" / entry.name / "vectors.faiss"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF
     victim.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"vectors\.npy"):
+    with pytest.raises(ValueError, match=r"vectors\.faiss"):
         store.load_shards(manifest, [entry.name])
 
 
@@ -159,8 +159,8 @@ def test_rescoring_vectors_are_memory_mapped_not_loaded(
     store = IndexStore(Storage(str(tmp_path / "local")))
     store.publish(store.write_version("i1", built, "m1", dim, {}))
     for shard, (_scores, rows) in zip(store.load_shards(store.manifest()), expected, strict=True):
-        assert isinstance(shard.vectors, np.memmap) and shard.rescore_dtype == "float16"
-        assert str(tmp_path / "local") in str(shard.vectors.filename)
+        assert shard.rows_mapped and shard.rescore_dtype == "float16"
+        assert str(tmp_path / "local") in str(shard.rows_file)
         np.testing.assert_array_equal(shard.search(probe, 5, 30)[1], rows)
     # Remote storage: a verified copy in the cache is mapped, and a damaged copy is replaced.
     cache = tmp_path / "cache"
@@ -168,8 +168,8 @@ def test_rescoring_vectors_are_memory_mapped_not_loaded(
     remote = IndexStore(Storage(f"memory://vsearch-{uuid.uuid4().hex}"))
     remote.publish(remote.write_version("i1", built, "m1", dim, {}))
     first = remote.load_shards(remote.manifest())
-    assert all(str(cache) in str(s.vectors.filename) for s in first)
-    copy = Path(first[0].vectors.filename)
+    assert all(s.rows_mapped and str(cache) in str(s.rows_file) for s in first)
+    copy = Path(str(first[0].rows_file))
     del first
     copy.write_bytes(b"damaged")
     again = remote.load_shards(remote.manifest())

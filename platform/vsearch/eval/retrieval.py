@@ -62,7 +62,7 @@ def evaluate_retrieval(
     buckets_per_category: int = 1,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen)
     ivf_above: int | None = None,
-    large_engine: str = "rabitq",
+    large_engine: str = "pq",
     rescore_dtype: str = "float16",
     category_probs: np.ndarray | None = None,
     category_names: Sequence[str] = (),

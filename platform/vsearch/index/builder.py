@@ -115,7 +115,7 @@ def build_shard(
     meta: pa.Table,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
     ivf_above: int | None = None,
-    large_engine: str = "rabitq",
+    large_engine: str = "pq",
     rescore_dtype: str = "float16",
 ) -> BuiltShard:
     """Build and tune the shard of ``(category, bucket)`` from its rows (what one parallel build
@@ -133,7 +133,7 @@ def build_shards(
     buckets_per_category: int,
     tuning: TuningSpec | None = TuningSpec(),  # noqa: B008 (frozen, so one shared default is safe)
     ivf_above: int | None = None,
-    large_engine: str = "rabitq",
+    large_engine: str = "pq",
     rescore_dtype: str = "float16",
 ) -> list[BuiltShard]:
     """Partition rows by (category, :func:`bucket_of` image_id) and build one shard per group,

@@ -1,10 +1,16 @@
-"""One index shard: a FAISS index over binary codes plus the rescoring vectors and row metadata.
+"""One index shard: a FAISS index over compact codes plus the rescoring vectors and row metadata.
 
-Search is two-stage, after Alibaba's visual search: a shortlist from binary codes, then exact
+Search is two-stage, after Alibaba's visual search: a shortlist from the codes, then exact
 inner-product rescoring of the shortlist with the float vectors. The codes are one of:
 
 - sign bits searched by Hamming distance, exhaustively (``IndexBinaryFlat``, "BFlat") for small
   shards, or through an inverted file over the codes (``IndexBinaryIVF``, "BIVF<nlist>");
+- 4-bit product-quantiser codes ("IVF<nlist>,PQ<d/2>x4fs": FAISS's ``IndexIVFPQFastScan``, the
+  default): each vector's residual to its coarse centroid is cut into ``d/2`` pairs of
+  dimensions, each pair coded as one of 16 centroids learnt at build time (``d/2`` bytes a
+  vector); the query's inner product with every code is summed from small lookup tables held in
+  SIMD registers. Its estimate is close enough that short shortlists suffice, and for inner
+  products the tables do not depend on the list probed, so probing many small lists is cheap;
 - RaBitQ codes ("IVF<nlist>,RaBitQfs": FAISS's ``IndexIVFRaBitQFastScan``): each vector's
   residual to its coarse centroid is turned by a random rotation drawn at build time and kept as
   one bit per dimension plus two correction factors, and RaBitQ's estimator of the inner product
@@ -12,15 +18,19 @@ inner-product rescoring of the shortlist with the float vectors. The codes are o
   sign bits, so a much shorter shortlist reaches the same recall.
 
 The rescoring vectors are float16 by default, float32 or int8 on request, kept in their own
-``.npy`` file so that a searcher can memory-map it instead of loading it
-(:meth:`ShardIndex.from_bytes` takes an already opened array): only the codes are resident. int8
-rows carry their own scale (a record of ``d`` int8 values and one float32: ``d + 4`` bytes a row);
-numpy widens int8 several times faster than float16, so int8 rescoring is the cheaper of the two.
+file so that a searcher can memory-map it instead of loading it (:meth:`ShardIndex.from_bytes`
+takes the opened rows): only the codes are resident. Float rows are a FAISS flat-codes index
+(``vectors.faiss``: fp16 scalar-quantiser codes are the float16 values), which FAISS maps and,
+for the PQ and RaBitQ engines, rescores from itself in the same call (``IndexRefine``), with no
+per-candidate work in Python. int8 rows carry their own scale (a record of ``d`` int8 values and
+one float32: ``d + 4`` bytes a row, ``vectors.npy``) and are rescored by numpy, as are the
+shortlists of sign-code engines and the float ``vectors.npy`` of shards written before.
 Serialisation is to and from ``bytes``; the storage layer writes and maps the files.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 
 import faiss
@@ -43,20 +53,29 @@ META_COLUMNS: tuple[str, ...] = (
 _FLOAT_COLUMNS = ("quality", "popularity")
 
 CODES_FILE = "codes.faissbin"
-VECTORS_FILE = "vectors.npy"
+#: Float16 or float32 rescoring rows: a FAISS flat-codes index (``IndexScalarQuantizer`` fp16 or
+#: ``IndexFlatIP``) whose codes are the rows, which FAISS memory-maps and rescores with itself.
+VECTORS_FILE = "vectors.faiss"
+#: int8 rescoring rows (records of :func:`int8_rows`), and the float rows of shards written
+#: before ``vectors.faiss``: a numpy ``.npy`` file, memory-mapped by numpy.
+NPY_VECTORS_FILE = "vectors.npy"
+#: The rescoring-row files a shard can have (exactly one of them).
+VECTOR_FILES: tuple[str, ...] = (VECTORS_FILE, NPY_VECTORS_FILE)
 META_FILE = "meta.parquet"
-#: The files :meth:`ShardIndex.to_bytes` produces.
+#: The files :meth:`ShardIndex.to_bytes` produces for float16 or float32 rows (int8 rows are
+#: in :data:`NPY_VECTORS_FILE` instead of :data:`VECTORS_FILE`).
 SHARD_FILES: tuple[str, ...] = (CODES_FILE, VECTORS_FILE, META_FILE)
 
-#: The FastScan search variant RaBitQ shards use (see ``ShardIndex.__init__``).
+#: The FastScan search variant PQ and RaBitQ shards use (see ``ShardIndex.__init__``).
 _FASTSCAN_IMPLEM = 10
 #: Largest k FAISS's GPU indexes search for.
 _GPU_MAX_K = 2048
 #: Bound on ``queries * candidates * dim`` floats gathered at once while rescoring.
 _RESCORE_FLOATS = 1 << 24
 
-#: Engines a large shard can get (``index.large_engine``): RaBitQ codes or Hamming sign bits.
-LARGE_ENGINES: tuple[str, ...] = ("rabitq", "bivf")
+#: Engines a large shard can get (``index.large_engine``): 4-bit PQ codes, RaBitQ codes or
+#: Hamming sign bits.
+LARGE_ENGINES: tuple[str, ...] = ("pq", "rabitq", "bivf")
 #: Dtypes the rescoring vectors can be stored in (``index.rescore_dtype``).
 RESCORE_DTYPES: tuple[str, ...] = ("float16", "float32", "int8")
 
@@ -100,16 +119,67 @@ def rows_dim(vectors: np.ndarray) -> int:
     return int(vectors.dtype["q"].shape[0]) if vectors.dtype.names else int(vectors.shape[1])
 
 
+def rows_index(vectors: np.ndarray) -> faiss.Index | None:
+    """The FAISS flat-codes index holding float16 / float32 rescoring rows (the same bytes:
+    fp16 scalar-quantiser codes are the float16 values); None for int8 records."""
+    dtype = rows_dtype(vectors)
+    if dtype not in ("float16", "float32"):
+        return None
+    dim = rows_dim(vectors)
+    index: faiss.Index
+    if dtype == "float16":
+        index = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add_sa_codes(np.ascontiguousarray(vectors).view(np.uint8))
+    return index
+
+
+def index_rows(index: faiss.Index) -> np.ndarray:
+    """Read-only (n, d) numpy view of the rows a :func:`rows_index` index holds (no copy: the
+    index's memory, memory-mapped when FAISS read it so); keep the index alive while in use."""
+    dtype = np.float16 if isinstance(index, faiss.IndexScalarQuantizer) else np.float32
+    n, dim = int(index.ntotal), int(index.d)
+    if n == 0:
+        return np.zeros((0, dim), dtype=dtype)
+    raw = faiss.rev_swig_ptr(index.codes.data(), n * int(index.code_size))
+    view = raw.view(dtype).reshape(n, dim)
+    view.setflags(write=False)
+    return view
+
+
 def decode_rows(vectors: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
     """Stored rescoring rows ``rows`` as float32 (the int8 ones times their scales)."""
     picked = vectors[rows]
     if vectors.dtype.names:
         return picked["q"].astype(np.float32) * picked["s"][..., None]
-    return picked.astype(np.float32)
+    return _widen(picked)
 
 
-def rabitq_lists(n: int) -> int:
-    """Coarse lists of a RaBitQ shard of ``n`` rows: about ``sqrt(n)`` (1,000 at 1M, where
+@functools.cache
+def _fp16_codec(dim: int) -> faiss.IndexScalarQuantizer:
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+
+
+def _widen(rows: np.ndarray) -> np.ndarray:
+    """Float rows (any leading shape, float16 or float32) as float32. float16 goes through
+    FAISS's fp16 codec (SIMD), about 2.5x faster than numpy's ``astype`` at 128 d."""
+    if rows.dtype != np.float16 or rows.size == 0:
+        return rows.astype(np.float32, copy=False)
+    dim = rows.shape[-1]
+    flat = np.ascontiguousarray(rows).reshape(-1, dim)
+    out = np.empty(flat.shape, dtype=np.float32)
+    _fp16_codec(dim).sa_decode_c(
+        len(flat), faiss.swig_ptr(flat.view(np.uint8)), faiss.swig_ptr(out)
+    )
+    return out.reshape(rows.shape)
+
+
+def code_lists(n: int) -> int:
+    """Coarse lists of a PQ or RaBitQ shard of ``n`` rows: about ``sqrt(n)`` (1,000 at 1M, where
     nprobe 32 reached recall@10 0.95 with a refine of 160 on FAISS's synthetic vectors), at least
     16 and at most one per 39 rows (FAISS's minimum of training points per centroid)."""
     return int(max(1, min(max(16, round(np.sqrt(n))), n // 39)))
@@ -148,11 +218,13 @@ class ShardIndex:
         self,
         name: str,
         index: faiss.IndexBinary | faiss.Index,
-        vectors: np.ndarray,
+        vectors: np.ndarray | faiss.Index,
         meta: pa.Table,
         shortlist: int | None = None,
     ) -> None:
-        """Assemble a shard from parts already checked by :meth:`build` / :meth:`from_bytes`."""
+        """Assemble a shard from parts already checked by :meth:`build` / :meth:`from_bytes`.
+        ``vectors``: the stored rescoring rows (a numpy array) or the :func:`rows_index`
+        holding them."""
         #: The shortlist a search without one uses: tuned at build time to the index's recall
         #: target (``vsearch.index.tuning``) and recorded in the manifest; None: not tuned.
         self.shortlist = shortlist
@@ -165,12 +237,30 @@ class ShardIndex:
             # FastScan's variant 10 keeps the shortlist in a reservoir instead of a heap: same
             # results, 15-17% less search time at shortlists of 128-256 (1M vectors, 1 thread).
             index.implem = _FASTSCAN_IMPLEM
-        #: Inverted lists a float-code ("RaBitQ") search probes; binary IVFs keep theirs inside.
+        #: Inverted lists a float-code (PQ, RaBitQ) search probes; binary IVFs keep theirs inside.
         self._float_nprobe = 1
         self._ivf_params: dict[int, faiss.SearchParametersIVF] = {}
+        #: The FAISS index holding float rescoring rows (None: numpy rows) and, for a float-code
+        #: engine, the same engine with FAISS rescoring its shortlist from those rows.
+        self._rows_index: faiss.Index | None = None
+        self._refine: faiss.IndexRefine | None = None
+        self._refine_params: dict[tuple[int, int, int], faiss.IndexRefineSearchParameters] = {}
+        #: The local file the rescoring rows are memory-mapped from (set by whoever opened it,
+        #: e.g. ``IndexStore.load_shards``); None when they are in memory.
+        self.rows_file: str | None = (
+            str(vectors.filename) if isinstance(vectors, np.memmap) else None
+        )
+        if isinstance(vectors, faiss.Index):
+            self._rows_index = vectors
+            vectors = index_rows(vectors)
+            if not self._binary:
+                self._refine = faiss.IndexRefine(index, self._rows_index)
         self._vectors = vectors
         if vectors.flags.writeable:
             self._vectors.setflags(write=False)
+        #: The same rows as a plain ndarray (a memory map's numpy subclass costs microseconds a
+        #: gather in the rescoring).
+        self._rows = np.asarray(vectors)
         self._meta = meta
         self._codec = BinaryCodec(rows_dim(vectors))
         #: Rows deleted since the shard was built (tombstones), as a mask; None: none.
@@ -184,7 +274,7 @@ class ShardIndex:
         vectors: np.ndarray,
         meta: pa.Table,
         ivf_above: int | None = None,
-        large_engine: str = "rabitq",
+        large_engine: str = "pq",
         rescore_dtype: str = "float16",
     ) -> ShardIndex:
         """Build a shard from (n, d) float vectors and an n-row metadata table.
@@ -193,10 +283,12 @@ class ShardIndex:
         need not arrive normalised); zero or non-finite rows raise ``ValueError``. Metadata must
         hold :data:`META_COLUMNS`; quality and popularity are cast to float32, extra columns kept.
         The engine is an exhaustive Hamming scan ("BFlat") up to ``ivf_above`` rows (None:
-        always); above that ``large_engine`` picks RaBitQ codes under an inverted file
-        ("IVF<nlist>,RaBitQfs", :func:`rabitq_lists`) or an inverted file over sign codes
-        ("BIVF<nlist>", about ``4 sqrt(n)`` lists); the lists probed are tuned with the shortlist.
-        The rescoring vectors are kept as ``rescore_dtype`` (see :data:`RESCORE_DTYPES`).
+        always); above that ``large_engine`` picks 4-bit PQ codes ("IVF<nlist>,PQ<d/2>x4fs") or
+        RaBitQ codes ("IVF<nlist>,RaBitQfs") under an inverted file of :func:`code_lists` lists,
+        or an inverted file over sign codes ("BIVF<nlist>", about ``4 sqrt(n)`` lists); the lists
+        probed are tuned with the shortlist. The rescoring vectors are kept as ``rescore_dtype``
+        (see :data:`RESCORE_DTYPES`): float16 and float32 rows in a FAISS flat-codes index
+        (:func:`rows_index`), which rescores the shortlist of a PQ or RaBitQ engine itself.
         """
         if not name:
             raise ValueError("shard name must be non-empty")
@@ -221,11 +313,17 @@ class ShardIndex:
         n = vectors.shape[0]
         index: faiss.IndexBinary | faiss.Index
         large = ivf_above is not None and n > ivf_above
-        if large and large_engine == "rabitq":
-            nlist = rabitq_lists(n)
-            index = faiss.IndexIVFRaBitQFastScan(
-                faiss.IndexFlatIP(codec.dim), codec.dim, nlist, faiss.METRIC_INNER_PRODUCT
-            )
+        if large and large_engine in ("pq", "rabitq"):
+            nlist = code_lists(n)
+            quantizer = faiss.IndexFlatIP(codec.dim)
+            if large_engine == "pq":
+                index = faiss.IndexIVFPQFastScan(
+                    quantizer, codec.dim, nlist, codec.dim // 2, 4, faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                index = faiss.IndexIVFRaBitQFastScan(
+                    quantizer, codec.dim, nlist, faiss.METRIC_INNER_PRODUCT
+                )
             index.train(vectors[training_rows(n, nlist)])
             index.add(vectors)
         else:
@@ -238,16 +336,20 @@ class ShardIndex:
                 index = faiss.IndexBinaryFlat(codec.dim)
             if n:
                 index.add(codes)
-        shard = cls(name, index, store_rows(vectors, rescore_dtype), meta)
+        rows = store_rows(vectors, rescore_dtype)
+        held = rows_index(rows)
+        shard = cls(name, index, rows if held is None else held, meta)
         shard.nprobe = 16
         return shard
 
     @property
     def engine(self) -> str:
         """The engine as a FAISS factory string: "BFlat", "BIVF<nlist>" (binary factory
-        strings over sign codes) or "IVF<nlist>,RaBitQfs"."""
+        strings over sign codes), "IVF<nlist>,PQ<m>x4fs" or "IVF<nlist>,RaBitQfs"."""
         if isinstance(self._index, faiss.IndexBinaryIVF):
             return f"BIVF{self._index.nlist}"
+        if isinstance(self._index, faiss.IndexIVFPQFastScan):
+            return f"IVF{self._index.nlist},PQ{self._index.pq.M}x4fs"
         if not self._binary:
             return f"IVF{self._index.nlist},RaBitQfs"
         return "BFlat"
@@ -308,6 +410,13 @@ class ShardIndex:
     def rescore_dtype(self) -> str:
         """How the rescoring rows are stored: one of :data:`RESCORE_DTYPES`."""
         return str(rows_dtype(self._vectors))
+
+    @property
+    def rows_mapped(self) -> bool:
+        """Whether the rescoring rows are memory-mapped from a file rather than held in RAM."""
+        if self._rows_index is not None:
+            return not self._rows_index.codes.is_owned
+        return isinstance(self._vectors, np.memmap)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -382,9 +491,20 @@ class ShardIndex:
         if k < 1 or shortlist < 0:
             raise ValueError(f"need k >= 1 and shortlist >= 0, got k={k}, shortlist={shortlist}")
         m = queries.shape[0]
+        n_cand = min(max(k, shortlist) + self._tombstones, len(self))
+        if self._refine is not None and self._deleted is None and m and n_cand:
+            found = self._search_refined(queries, k, n_cand, nprobe)
+            if found is not None:
+                return found
+        if m == 1 and n_cand >= k:  # one query (the service's call): no blocks to assemble
+            query = _unit_row(queries[0])
+            if query is not None:
+                cand = self._candidates(query[None], n_cand, nprobe)[0]
+                if self._deleted is not None:
+                    cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
+                return _rescore_one(query, self._rows, cand, k)
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
-        n_cand = min(max(k, shortlist) + self._tombstones, len(self))
         if m == 0 or n_cand == 0:
             return scores, rows
         queries = l2_normalise(queries)
@@ -392,23 +512,77 @@ class ShardIndex:
         if self._deleted is not None:
             cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
         kk = min(k, n_cand)
-        if m == 1 and kk == k:  # one query (the service's call): no blocks to assemble
-            return _rescore(queries, self._vectors, cand, k)
         step = max(1, _RESCORE_FLOATS // (n_cand * self.dim))
         for start in range(0, m, step):
             block = slice(start, start + step)
-            s, r = _rescore(queries[block], self._vectors, cand[block], kk)
+            s, r = _rescore(queries[block], self._rows, cand[block], kk)
             scores[block, :kk] = s
             rows[block, :kk] = r
+        return scores, rows
+
+    def _ivf_search_params(self, nprobe: int | None) -> faiss.SearchParametersIVF:
+        """Search parameters of a float-code engine probing ``nprobe`` lists (None: tuned)."""
+        probe = self._float_nprobe if nprobe is None else max(1, min(nprobe, self.nlist or 1))
+        params = self._ivf_params.get(probe)
+        if params is None:  # made once per nprobe: a SWIG object costs microseconds a query
+            params = self._ivf_params[probe] = faiss.SearchParametersIVF(nprobe=probe)
+        return params
+
+    def _search_refined(
+        self, queries: np.ndarray, k: int, n_cand: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`search` in one FAISS call: the engine's ``n_cand`` candidates rescored by
+        FAISS from the rows index (``IndexRefine``). FAISS does not order equal scores by row,
+        so one place more than ``k`` is asked for: equal scores inside the top ``k`` are
+        re-ordered here, and None (numpy rescoring instead) is returned when the ``k``-th score
+        ties with the next one (exact duplicates across the cut) or a query is all zeros."""
+        if queries.shape[0] == 1:
+            query = _unit_row(queries[0])
+            if query is None:
+                return None
+            queries = query[None]
+        else:
+            if not np.linalg.norm(queries, axis=1).all():
+                return None
+            queries = l2_normalise(queries)
+        kk = min(k + 1, n_cand)
+        base = self._ivf_search_params(nprobe)
+        key = (int(base.nprobe), n_cand, kk)
+        params = self._refine_params.get(key)
+        if params is None:
+            # k_base = int(kk * k_factor) = n_cand (the half keeps the product off rounding)
+            params = faiss.IndexRefineSearchParameters(
+                k_factor=(n_cand + 0.5) / kk, base_index_params=base
+            )
+            self._refine_params[key] = params
+        m = len(queries)
+        scores = np.empty((m, kk), dtype=np.float32)
+        rows = np.empty((m, kk), dtype=np.int64)
+        # FAISS's own entry point (its Python wrapper's checks cost microseconds a query).
+        self._refine.search_c(
+            m, faiss.swig_ptr(queries), kk, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params
+        )
+        if kk > k:
+            if np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
+                return None
+            scores, rows = scores[:, :k], rows[:, :k]
+        missing = rows < 0  # FAISS puts the candidates it did not find last
+        if missing[:, -1].any():
+            scores = np.where(missing, np.float32(-np.inf), scores)
+        if (scores[:, :-1] == scores[:, 1:]).any():  # equal scores: lower row first
+            order = np.lexsort((np.where(missing, len(self), rows), -scores), axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
+            rows = np.take_along_axis(rows, order, axis=1)
+        if kk < k:  # a shard smaller than k
+            pad = k - kk
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
         return scores, rows
 
     def _candidates(self, queries: np.ndarray, n_cand: int, nprobe: int | None) -> np.ndarray:
         """(m, n_cand) int64 candidate rows (-1 where an inverted file found fewer)."""
         if not self._binary:
-            probe = self._float_nprobe if nprobe is None else max(1, min(nprobe, self.nlist or 1))
-            params = self._ivf_params.get(probe)
-            if params is None:  # made once per nprobe: a SWIG object costs microseconds a query
-                params = self._ivf_params[probe] = faiss.SearchParametersIVF(nprobe=probe)
+            params = self._ivf_search_params(nprobe)
             return self._index.search(queries, n_cand, params=params)[1]
         if self._gpu_index is not None and n_cand <= _GPU_MAX_K:
             return self._gpu_index.search(self._codec.encode(queries), n_cand)[1]
@@ -443,21 +617,24 @@ class ShardIndex:
         return queries
 
     def to_bytes(self) -> dict[str, bytes]:
-        """Serialise to ``{file name: bytes}`` with the names in :data:`SHARD_FILES`."""
+        """Serialise to ``{file name: bytes}``: the names in :data:`SHARD_FILES`, with
+        :data:`NPY_VECTORS_FILE` instead of :data:`VECTORS_FILE` for numpy-held rows (int8)."""
         codes = (
             faiss.serialize_index_binary(self._index)
             if self._binary
             else faiss.serialize_index(self._index)
         )
-        vec_buf = io.BytesIO()
-        np.save(vec_buf, np.ascontiguousarray(self._vectors), allow_pickle=False)
         meta_buf = pa.BufferOutputStream()
         pq.write_table(self._meta, meta_buf)
-        return {
-            CODES_FILE: codes.tobytes(),
-            VECTORS_FILE: vec_buf.getvalue(),
-            META_FILE: meta_buf.getvalue().to_pybytes(),
-        }
+        out = {CODES_FILE: codes.tobytes()}
+        if self._rows_index is not None:
+            out[VECTORS_FILE] = faiss.serialize_index(self._rows_index).tobytes()
+        else:
+            vec_buf = io.BytesIO()
+            np.save(vec_buf, np.ascontiguousarray(self._vectors), allow_pickle=False)
+            out[NPY_VECTORS_FILE] = vec_buf.getvalue()
+        out[META_FILE] = meta_buf.getvalue().to_pybytes()
+        return out
 
     @classmethod
     def from_bytes(
@@ -466,15 +643,17 @@ class ShardIndex:
         files: dict[str, bytes],
         shortlist: int | None = None,
         nprobe: int | None = None,
-        vectors: np.ndarray | None = None,
+        vectors: np.ndarray | faiss.Index | None = None,
     ) -> ShardIndex:
         """Inverse of :meth:`to_bytes` (``shortlist`` and ``nprobe``: the tuned ones, from the
         manifest); ``ValueError`` when a file is missing or parts disagree. ``vectors``: the
-        rescoring vectors already opened (e.g. ``np.load(path, mmap_mode="r")`` of the
-        :data:`VECTORS_FILE` that was verified on disk), in which case ``files`` need not hold
-        them."""
-        needed = SHARD_FILES if vectors is None else (CODES_FILE, META_FILE)
-        missing = [f for f in needed if f not in files]
+        rescoring rows already opened from the verified file on disk, in which case ``files``
+        need not hold them: the index FAISS read from :data:`VECTORS_FILE` with
+        ``faiss.IO_FLAG_MMAP_IFC`` (:func:`open_rows`), or the array numpy mapped from
+        :data:`NPY_VECTORS_FILE`."""
+        missing = [f for f in (CODES_FILE, META_FILE) if f not in files]
+        if vectors is None and not any(f in files for f in VECTOR_FILES):
+            missing.append(VECTORS_FILE)
         if missing:
             raise ValueError(f"shard {name!r} is missing files {missing}")
         raw = np.frombuffer(files[CODES_FILE], dtype=np.uint8)
@@ -482,23 +661,92 @@ class ShardIndex:
         binary = bytes(raw[:2]) == b"IB"
         index = faiss.deserialize_index_binary(raw) if binary else faiss.deserialize_index(raw)
         if vectors is None:
-            vectors = np.load(io.BytesIO(files[VECTORS_FILE]), allow_pickle=False)
+            if VECTORS_FILE in files:
+                vectors = _read_rows_index(name, files[VECTORS_FILE])
+            else:
+                vectors = np.load(io.BytesIO(files[NPY_VECTORS_FILE]), allow_pickle=False)
+        rows = index_rows(vectors) if isinstance(vectors, faiss.Index) else vectors
         meta = pq.read_table(pa.BufferReader(files[META_FILE]))
-        if rows_dtype(vectors) is None:
+        if rows_dtype(rows) is None:
             raise ValueError(
                 f"shard {name!r}: vectors must be (n, d) float16 or float32, or int8 records"
             )
         bits = index.d
-        if bits != rows_dim(vectors) or index.ntotal != vectors.shape[0]:
+        if bits != rows_dim(rows) or index.ntotal != rows.shape[0]:
             raise ValueError(
                 f"shard {name!r}: the code index ({index.ntotal} x {bits} d) does not match "
-                f"vectors ({vectors.shape[0]} x {rows_dim(vectors)} d)"
+                f"vectors ({rows.shape[0]} x {rows_dim(rows)} d)"
             )
-        meta = _check_meta(meta, vectors.shape[0])
+        meta = _check_meta(meta, rows.shape[0])
         shard = cls(name, index, vectors, meta, shortlist)
-        # A binary IVF keeps its nprobe in the file; a RaBitQ one is searched with its own.
+        # A binary IVF keeps its nprobe in the file; a float-code one is searched with its own.
         shard.nprobe = 16 if nprobe is None and not binary else nprobe
         return shard
+
+
+def _check_rows_index(name: str, index: faiss.Index) -> faiss.Index:
+    if not (
+        isinstance(index, faiss.IndexFlatIP)
+        or (
+            isinstance(index, faiss.IndexScalarQuantizer)
+            and index.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+        )
+    ):
+        raise ValueError(
+            f"shard {name!r}: {VECTORS_FILE} must hold an fp16 scalar-quantiser or a flat "
+            f"inner-product index, got {type(index).__name__}"
+        )
+    return index
+
+
+def _read_rows_index(name: str, data: bytes) -> faiss.Index:
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as err:
+        raise ValueError(f"shard {name!r}: {VECTORS_FILE} is not a FAISS index ({err})") from err
+    return _check_rows_index(name, index)
+
+
+def open_rows(name: str, path: str) -> faiss.Index:
+    """The rescoring rows of shard ``name`` from a :data:`VECTORS_FILE` on local disk,
+    memory-mapped by FAISS (its pages are read on demand and shared between processes)."""
+    try:
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as err:
+        raise ValueError(f"shard {name!r}: {VECTORS_FILE} is not a FAISS index ({err})") from err
+    return _check_rows_index(name, index)
+
+
+def _unit_row(x: np.ndarray) -> np.ndarray | None:
+    """One query row as a contiguous float32 unit vector; None when it is all zeros."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norm = float(np.sqrt(np.dot(x, x)))
+    return x / norm if norm > 0 else None
+
+
+def _rescore_one(
+    query: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_rescore` of one query (the service's usual call) in plain 1-D numpy: query (d,),
+    cand (c,) int64 with -1 for none -> (1, k) scores and rows."""
+    if cand.size and cand.min() < 0:
+        cand = cand[cand >= 0]
+    if vectors.dtype.names:  # int8 records: product of the int8 values, times the scale
+        picked = vectors[cand]
+        sims = (picked["q"].astype(np.float32) @ query) * picked["s"]
+    else:
+        sims = _widen(vectors[cand]) @ query
+    if len(cand) > 4 * k:  # keep the k best (ties at the cut by lower row) before sorting
+        cut = np.partition(sims, len(cand) - k)[len(cand) - k]
+        keep = sims >= cut
+        cand, sims = cand[keep], sims[keep]
+    top = np.lexsort((cand, -sims))[:k]
+    if len(top) == k:
+        return sims[top][None], cand[top][None]
+    out_s = np.full((1, k), -np.inf, dtype=np.float32)
+    out_r = np.full((1, k), -1, dtype=np.int64)
+    out_s[0, : len(top)], out_r[0, : len(top)] = sims[top], cand[top]
+    return out_s, out_r
 
 
 def _rescore(
@@ -507,31 +755,13 @@ def _rescore(
     """Exact top-``k`` of candidate rows: queries (b, d), cand (b, c) int64 -> (b, k) x 2.
     ``vectors`` are stored rows (float16 and int8 widened to float32 for the products). A
     candidate -1 (an inverted file that found fewer) stays -1 with score ``-inf``, last."""
-    if queries.shape[0] == 1:  # one query (the service's usual call): plain 1-D numpy
-        c = cand[0]
-        c = c[c >= 0]
-        if vectors.dtype.names:  # int8 records: product of the int8 values, times the scale
-            picked = vectors[c]
-            sims1 = (picked["q"].astype(np.float32) @ queries[0]) * picked["s"]
-        else:
-            sims1 = vectors[c].astype(np.float32, copy=False) @ queries[0]
-        if len(c) > 4 * k:  # keep the k best (ties at the cut by lower row) before sorting
-            cut = np.partition(sims1, len(c) - k)[len(c) - k]
-            keep = sims1 >= cut
-            c, sims1 = c[keep], sims1[keep]
-        top = np.lexsort((c, -sims1))[:k]
-        out_s = np.full((1, k), -np.inf, dtype=np.float32)
-        out_r = np.full((1, k), -1, dtype=np.int64)
-        out_s[0, : len(top)], out_r[0, : len(top)] = sims1[top], c[top]
-        return out_s, out_r
     valid = cand >= 0
     picked = vectors[np.where(valid, cand, 0)]
     if vectors.dtype.names:
         sims = np.matmul(picked["q"].astype(np.float32), queries[:, :, None])[:, :, 0]
         sims *= picked["s"]
     else:
-        gathered = picked.astype(np.float32, copy=False)
-        sims = np.matmul(gathered, queries[:, :, None])[:, :, 0]
+        sims = np.matmul(_widen(picked), queries[:, :, None])[:, :, 0]
     sims = np.where(valid, sims, np.float32(-np.inf))
     if k < sims.shape[1] and sims.shape[1] > 4 * k:
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]

@@ -29,8 +29,8 @@ __all__ = [
     "tuning_spec",
 ]
 
-#: Inverted lists probed that the tuning of a "BIVF" shard tries.
-NPROBES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Inverted lists probed that the tuning of an inverted-file shard tries.
+NPROBES: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 
 #: The shortlists tried, cheapest first; a shard no larger than one is searched exhaustively.
 SHORTLISTS: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,

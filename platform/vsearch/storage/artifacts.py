@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from vsearch.index.builder import BuiltShard
 from vsearch.index.delta import DeltaPlan
 from vsearch.index.manifest import Manifest, ShardEntry, TextEntry, verify
-from vsearch.index.shard import META_FILE, VECTORS_FILE, ShardIndex
+from vsearch.index.shard import META_FILE, VECTOR_FILES, VECTORS_FILE, ShardIndex, open_rows
 from vsearch.index.text import TEXT_FILE, TextChannel
 from vsearch.models.artifact import FORMAT as ARTIFACT_FORMAT
 from vsearch.models.artifact import ModelArtifact, sha256_hex
@@ -381,17 +381,22 @@ class IndexStore:
                 continue
             folder = entry.folder(manifest.version)
             base = posixpath.join(self.prefix, folder, "shards", entry.name)
-            vectors = None
-            if VECTORS_FILE in entry.files:
-                local = self._verified_local(folder, entry.name, entry.files[VECTORS_FILE])
-                vectors = np.load(local, mmap_mode="r", allow_pickle=False)
+            vectors: object = None  # a numpy memory map or a FAISS rows index
+            rows_file = next((f for f in VECTOR_FILES if f in entry.files), None)
+            if rows_file is not None:
+                local = self._verified_local(folder, entry.name, rows_file, entry.files[rows_file])
+                if rows_file == VECTORS_FILE:
+                    vectors = open_rows(entry.name, local)
+                else:
+                    vectors = np.load(local, mmap_mode="r", allow_pickle=False)
             files = {
                 f: self.storage.read_bytes(posixpath.join(base, f))
                 for f in entry.files
-                if f != VECTORS_FILE
+                if f != rows_file
             }
-            verify(entry, files, skip=(VECTORS_FILE,))  # the vectors were verified on disk
+            verify(entry, files, skip=(rows_file,))  # the vectors were verified on disk
             shard = ShardIndex.from_bytes(entry.name, files, entry.shortlist, entry.nprobe, vectors)
+            shard.rows_file = local if rows_file is not None else None
             shard.set_deleted(entry.deleted_rows)
             shards.append(shard)
         return shards
@@ -403,19 +408,20 @@ class IndexStore:
         verify(entry, files, skip=set(entry.files) - {META_FILE})
         return pq.read_table(pa.BufferReader(files[META_FILE]))
 
-    def _verified_local(self, version: str, shard: str, digest: str) -> str:
-        """A local path holding the shard's rescoring vectors, whose sha256 is ``digest``
-        (``ValueError`` naming the file otherwise): the file itself on local storage, else a
-        copy in the cache (re-used when it is already there and intact)."""
-        name = posixpath.join(self.prefix, version, "shards", shard, VECTORS_FILE)
+    def _verified_local(self, version: str, shard: str, file: str, digest: str) -> str:
+        """A local path holding the shard's rescoring-vector ``file``, whose sha256 is
+        ``digest`` (``ValueError`` naming the file otherwise): the file itself on local storage,
+        else a copy in the cache (re-used when it is already there and intact)."""
+        name = posixpath.join(self.prefix, version, "shards", shard, file)
         if not self.storage.exists(name):
-            raise ValueError(f"shard {shard!r}: file {VECTORS_FILE!r} is missing")
+            raise ValueError(f"shard {shard!r}: file {file!r} is missing")
         if self.storage.protocol in ("file", "local"):
             path = self.storage.path(name)
             with open(path, "rb") as fh:
-                _check_digest(shard, _sha256_of(fh), digest)
+                _check_digest(shard, file, _sha256_of(fh), digest)
             return path
-        cached = os.path.join(index_cache_dir(), digest[:2], f"{digest}.npy")
+        suffix = posixpath.splitext(file)[1]
+        cached = os.path.join(index_cache_dir(), digest[:2], f"{digest}{suffix}")
         if os.path.exists(cached):
             with open(cached, "rb") as fh:
                 if _sha256_of(fh) == digest:
@@ -428,7 +434,7 @@ class IndexStore:
                 while chunk := src.read(_CHUNK):
                     hasher.update(chunk)
                     dst.write(chunk)
-            _check_digest(shard, hasher.hexdigest(), digest)
+            _check_digest(shard, file, hasher.hexdigest(), digest)
             os.replace(tmp, cached)
         finally:
             if os.path.exists(tmp):
@@ -443,9 +449,9 @@ def _sha256_of(fh: BinaryIO) -> str:
     return hasher.hexdigest()
 
 
-def _check_digest(shard: str, actual: str, expected: str) -> None:
+def _check_digest(shard: str, file: str, actual: str, expected: str) -> None:
     if actual != expected:
         raise ValueError(
-            f"shard {shard!r}: checksum mismatch for file {VECTORS_FILE!r} "
+            f"shard {shard!r}: checksum mismatch for file {file!r} "
             f"(expected {expected}, got {actual})"
         )
