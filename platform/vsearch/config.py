@@ -310,10 +310,10 @@ class IndexConfig(_Strict):
     #: rotation and a distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
     large_engine: Literal["pq", "rabitq", "bivf"] = "pq"
     #: Rescoring vectors on disk (memory-mapped by searchers): float16 (2 d bytes) keeps scores
-    #: within 5e-4 of float32. int8 with a scale per row (d + 4 bytes) rescores faster (numpy
-    #: widens int8 about 4x faster than float16) but is only within about 3e-3 at 128 d, which
-    #: reorders near-ties: on 1M clustered vectors recall@10 fell from 0.960 to 0.945
-    #: (benchmarks/results/bench_index.md).
+    #: within 5e-4 of float32 and, like float32, is rescored by FAISS in the engine's own call.
+    #: int8 with a scale per row (d + 4 bytes) takes less disk but is rescored by numpy and only
+    #: within about 3e-3 at 128 d, which reorders near-ties (recall@10 and QPS of both in
+    #: benchmarks/results/bench_index.md and bench_index_int8.md).
     rescore_dtype: Literal["float16", "float32", "int8"] = "float16"
     #: Ray Data actors embedding the catalogue, and the CPUs each asks for (on a 2-core machine
     #: keep this <= 0.5, as the demo config does, or Ray Data can wait forever for CPUs).

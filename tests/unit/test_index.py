@@ -176,6 +176,10 @@ def test_faiss_rescoring_matches_numpy_rescoring(engine: str, dtype: str) -> Non
     scores, ids = shard.search(q[:2], 400, 10, 1)
     assert (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
     assert ((ids >= 0) == np.isfinite(scores)).all()
+    # The rows' numpy view keeps FAISS's memory alive after the shard is gone.
+    rows, expected = shard.vectors, shard.float_rows()
+    del shard, twin
+    np.testing.assert_array_equal(rows.astype(np.float32), expected)
 
 
 def test_shard_recall_grows_with_shortlist() -> None:

@@ -138,17 +138,28 @@ def rows_index(vectors: np.ndarray) -> faiss.Index | None:
     return index
 
 
+class _RowsMemory:
+    """The numpy array interface of a flat-codes index's rows; as an array's ``base`` it keeps
+    the index (and so its memory or file mapping) alive as long as any view of the rows."""
+
+    def __init__(self, index: faiss.Index, dtype: np.dtype, shape: tuple[int, int]) -> None:
+        self.index = index
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (int(index.codes.data()), True),  # read-only
+            "version": 3,
+        }
+
+
 def index_rows(index: faiss.Index) -> np.ndarray:
     """Read-only (n, d) numpy view of the rows a :func:`rows_index` index holds (no copy: the
-    index's memory, memory-mapped when FAISS read it so); keep the index alive while in use."""
-    dtype = np.float16 if isinstance(index, faiss.IndexScalarQuantizer) else np.float32
+    index's memory, memory-mapped when FAISS read it so); the view keeps the index alive."""
+    dtype = np.dtype(np.float16 if isinstance(index, faiss.IndexScalarQuantizer) else np.float32)
     n, dim = int(index.ntotal), int(index.d)
     if n == 0:
         return np.zeros((0, dim), dtype=dtype)
-    raw = faiss.rev_swig_ptr(index.codes.data(), n * int(index.code_size))
-    view = raw.view(dtype).reshape(n, dim)
-    view.setflags(write=False)
-    return view
+    return np.asarray(_RowsMemory(index, dtype, (n, dim)))
 
 
 def decode_rows(vectors: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
@@ -563,11 +574,14 @@ class ShardIndex:
             m, faiss.swig_ptr(queries), kk, faiss.swig_ptr(scores), faiss.swig_ptr(rows), params
         )
         if kk > k:
-            if np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
+            if m == 1:  # Python scalars: cheaper than array operations for one row
+                if rows[0, k] >= 0 and scores[0, k - 1] <= scores[0, k]:
+                    return None
+            elif np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
                 return None
             scores, rows = scores[:, :k], rows[:, :k]
         missing = rows < 0  # FAISS puts the candidates it did not find last
-        if missing[:, -1].any():
+        if (rows[0, -1] < 0) if m == 1 else missing[:, -1].any():
             scores = np.where(missing, np.float32(-np.inf), scores)
         if (scores[:, :-1] == scores[:, 1:]).any():  # equal scores: lower row first
             order = np.lexsort((np.where(missing, len(self), rows), -scores), axis=1)
