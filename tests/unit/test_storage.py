@@ -177,6 +177,41 @@ def test_rescoring_vectors_are_memory_mapped_not_loaded(
     assert copy.read_bytes() != b"damaged"
 
 
+@pytest.mark.parametrize(
+    ("dtype", "rows_file"), [("float16", "vectors.faiss"), ("int8", "vectors.npy")]
+)
+def test_a_large_shard_loads_mapped_and_searches_as_built(
+    tmp_path: Path, dtype: str, rows_file: str
+) -> None:
+    rng = np.random.default_rng(9)
+    n = 3000
+    vectors = rng.normal(size=(n, 16)).astype(np.float32)
+    meta = pa.table(
+        {
+            "image_id": [f"i{i}" for i in range(n)],
+            "product_id": [f"p{i}" for i in range(n)],
+            "category": ["a"] * n,
+            "title": ["t"] * n,
+            "quality": pa.array([1.0] * n, pa.float32()),
+            "popularity": pa.array([0.0] * n, pa.float32()),
+        }
+    )
+    built = build_shards(vectors, meta, 1, ivf_above=1000, rescore_dtype=dtype)
+    assert built[0].index.engine.endswith("x4fs")  # the PQ fast-scan engine, the default
+    store = IndexStore(Storage(str(tmp_path)))
+    manifest = store.write_version("i1", built, "m1", 16, {})
+    assert rows_file in manifest.shards[0].files
+    (loaded,) = store.load_shards(manifest)
+    assert loaded.rows_mapped and str(loaded.rows_file).endswith(rows_file)
+    assert loaded.engine == built[0].index.engine and loaded.nprobe == built[0].index.nprobe
+    probe = rng.normal(size=(20, 16)).astype(np.float32)
+    for queries in (probe, probe[:1]):
+        want = built[0].index.search(queries, 10)
+        got = loaded.search(queries, 10)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+
+
 def test_index_versions_publish_rollback_and_gc(tmp_path: Path) -> None:
     storage = Storage(str(tmp_path))
     store = IndexStore(storage)

@@ -611,7 +611,7 @@ class ShardIndex:
         """Search this shard's codes on a GPU when FAISS can: an exhaustive sign-code engine
         ("BFlat") gets a ``GpuIndexBinaryFlat`` copy on ``device`` (``resources``: a
         ``faiss.StandardGpuResources``), used for shortlists of up to 2,048 rows. FAISS has no
-        GPU version of the binary inverted file or of RaBitQ's fast scan, so those shards stay
+        GPU version of the binary inverted file or of the PQ and RaBitQ fast scans, so those shards stay
         on the CPU. Returns whether the shard now searches on the GPU; False on a FAISS built
         without GPU support. Rescoring stays on the CPU (the vectors are memory-mapped)."""
         gpu_flat = getattr(faiss, "GpuIndexBinaryFlat", None)
