@@ -258,9 +258,7 @@ class ShardIndex:
         self._refine_params: dict[tuple[int, int, int], faiss.IndexRefineSearchParameters] = {}
         #: The local file the rescoring rows are memory-mapped from (set by whoever opened it,
         #: e.g. ``IndexStore.load_shards``); None when they are in memory.
-        self.rows_file: str | None = (
-            str(vectors.filename) if isinstance(vectors, np.memmap) else None
-        )
+        self.rows_file: str | None = None
         if isinstance(vectors, faiss.Index):
             self._rows_index = vectors
             vectors = index_rows(vectors)
@@ -503,25 +501,21 @@ class ShardIndex:
             raise ValueError(f"need k >= 1 and shortlist >= 0, got k={k}, shortlist={shortlist}")
         m = queries.shape[0]
         n_cand = min(max(k, shortlist) + self._tombstones, len(self))
-        if self._refine is not None and self._deleted is None and m and n_cand:
+        if m == 0 or n_cand == 0:
+            return (
+                np.full((m, k), -np.inf, dtype=np.float32),
+                np.full((m, k), -1, dtype=np.int64),
+            )
+        queries, nonzero = _unit_rows(queries)
+        if self._refine is not None and self._deleted is None and nonzero:
             found = self._search_refined(queries, k, n_cand, nprobe)
             if found is not None:
                 return found
+        cand = self._candidates(queries, n_cand, nprobe)
         if m == 1 and n_cand >= k:  # one query (the service's call): no blocks to assemble
-            query = _unit_row(queries[0])
-            if query is not None:
-                cand = self._candidates(query[None], n_cand, nprobe)[0]
-                if self._deleted is not None:
-                    cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
-                return _rescore_one(query, self._rows, cand, k)
+            return _rescore_one(queries[0], self._rows, cand[0], k)
         scores = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
-        if m == 0 or n_cand == 0:
-            return scores, rows
-        queries = l2_normalise(queries)
-        cand = self._candidates(queries, n_cand, nprobe)
-        if self._deleted is not None:
-            cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
         kk = min(k, n_cand)
         step = max(1, _RESCORE_FLOATS // (n_cand * self.dim))
         for start in range(0, m, step):
@@ -546,16 +540,7 @@ class ShardIndex:
         FAISS from the rows index (``IndexRefine``). FAISS does not order equal scores by row,
         so one place more than ``k`` is asked for: equal scores inside the top ``k`` are
         re-ordered here, and None (numpy rescoring instead) is returned when the ``k``-th score
-        ties with the next one (exact duplicates across the cut) or a query is all zeros."""
-        if queries.shape[0] == 1:
-            query = _unit_row(queries[0])
-            if query is None:
-                return None
-            queries = query[None]
-        else:
-            if not np.linalg.norm(queries, axis=1).all():
-                return None
-            queries = l2_normalise(queries)
+        ties with the next one (exact duplicates across the cut). ``queries``: unit rows."""
         kk = min(k + 1, n_cand)
         base = self._ivf_search_params(nprobe)
         key = (int(base.nprobe), n_cand, kk)
@@ -594,7 +579,16 @@ class ShardIndex:
         return scores, rows
 
     def _candidates(self, queries: np.ndarray, n_cand: int, nprobe: int | None) -> np.ndarray:
-        """(m, n_cand) int64 candidate rows (-1 where an inverted file found fewer)."""
+        """(m, n_cand) int64 candidate rows, -1 where an inverted file found fewer or the row
+        is deleted (a tombstone)."""
+        cand = self._engine_candidates(queries, n_cand, nprobe)
+        if self._deleted is not None:
+            cand = np.where((cand >= 0) & self._deleted[np.maximum(cand, 0)], -1, cand)
+        return cand
+
+    def _engine_candidates(
+        self, queries: np.ndarray, n_cand: int, nprobe: int | None
+    ) -> np.ndarray:
         if not self._binary:
             params = self._ivf_search_params(nprobe)
             return self._index.search(queries, n_cand, params=params)[1]
@@ -731,11 +725,16 @@ def open_rows(name: str, path: str) -> faiss.Index:
     return _check_rows_index(name, index)
 
 
-def _unit_row(x: np.ndarray) -> np.ndarray | None:
-    """One query row as a contiguous float32 unit vector; None when it is all zeros."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norm = float(np.sqrt(np.dot(x, x)))
-    return x / norm if norm > 0 else None
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(m, d) queries as contiguous float32 unit rows (all-zero rows stay zero), and whether
+    none was all zeros. One row (the service's call) is normalised without numpy's row-wise
+    machinery."""
+    if len(x) == 1:
+        row = np.ascontiguousarray(x[0], dtype=np.float32)
+        norm = float(np.sqrt(np.dot(row, row)))
+        return (row / norm if norm > 0 else row)[None], norm > 0
+    unit = l2_normalise(x)
+    return unit, bool(unit.any(axis=1).all())
 
 
 def _rescore_one(
