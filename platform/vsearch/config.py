@@ -159,6 +159,10 @@ class ModelConfig(_Strict):
     #: maps of those crops and trains the final model on every view plus the box view.
     box_view: bool = False
     box_margin: float = Field(0.05, ge=0, le=1)
+    #: With ``box_view``: look twice. The localiser also learns where the subject lies inside
+    #: the box view (training supervises the box-view rows with the true box mapped into the
+    #: crop), and the box reported is the one found in the box view, mapped back to the image.
+    refine_box: bool = False
     #: Steepness of the soft box mask's sigmoids, per unit of image side.
     mask_steepness: float = Field(20.0, gt=0)
     #: Hidden width of the projection MLP (0: a linear projection).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -101,21 +102,62 @@ def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
     return image[top : top + ch, left : left + cw]
 
 
-def box_crop(image: np.ndarray, box: np.ndarray | list[float], margin: float) -> np.ndarray:
-    """The square around a subject ``box`` (fractions ``x0, y0, x1, y1`` of the image's width and
+def box_window_px(
+    height: int, width: int, box: np.ndarray | Sequence[float], margin: float
+) -> tuple[int, int, int, int] | None:
+    """``(left, top, right, bottom)`` pixels of the box view of an image of this size: the
+    square around a subject ``box`` (fractions ``x0, y0, x1, y1`` of the image's width and
     height) whose side is the box's longer side in pixels plus ``margin`` of it on each side,
-    clipped to the image (the box view of Alibaba's detect-then-embed). A box smaller than 8
-    pixels, or not finite, gives the whole image."""
-    h, w = image.shape[:2]
+    clipped to the image. None (the whole image) for a box smaller than 8 pixels or not finite."""
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(np.isfinite([x0, y0, x1, y1])):
-        return image
-    side = max((x1 - x0) * w, (y1 - y0) * h) * (1.0 + 2.0 * margin)
-    cx, cy = (x0 + x1) / 2 * w, (y0 + y1) / 2 * h
-    left, right = int(max(0.0, cx - side / 2)), int(min(float(w), cx + side / 2))
-    top, bottom = int(max(0.0, cy - side / 2)), int(min(float(h), cy + side / 2))
+        return None
+    side = max((x1 - x0) * width, (y1 - y0) * height) * (1.0 + 2.0 * margin)
+    cx, cy = (x0 + x1) / 2 * width, (y0 + y1) / 2 * height
+    left, right = int(max(0.0, cx - side / 2)), int(min(float(width), cx + side / 2))
+    top, bottom = int(max(0.0, cy - side / 2)), int(min(float(height), cy + side / 2))
     if right - left < 8 or bottom - top < 8:
+        return None
+    return left, top, right, bottom
+
+
+def box_window(
+    height: int, width: int, box: np.ndarray | Sequence[float], margin: float
+) -> tuple[float, float, float, float]:
+    """The box view of ``box_window_px`` as fractions of the image (``(0, 0, 1, 1)``: the whole
+    image)."""
+    px = box_window_px(height, width, box, margin)
+    if px is None:
+        return 0.0, 0.0, 1.0, 1.0
+    left, top, right, bottom = px
+    return left / width, top / height, right / width, bottom / height
+
+
+def into_window(box: Sequence[float], window: Sequence[float]) -> list[float]:
+    """A box (fractions of the image) as fractions of ``window`` (the part inside it)."""
+    left, top, right, bottom = window
+    w, h = right - left, bottom - top
+    x0, y0, x1, y1 = box
+    inside = [(x0 - left) / w, (y0 - top) / h, (x1 - left) / w, (y1 - top) / h]
+    return [min(1.0, max(0.0, float(v))) for v in inside]
+
+
+def out_of_window(box: Sequence[float], window: Sequence[float]) -> list[float]:
+    """A box found inside ``window`` (fractions of it) as fractions of the whole image."""
+    left, top, right, bottom = window
+    w, h = right - left, bottom - top
+    x0, y0, x1, y1 = box
+    return [left + x0 * w, top + y0 * h, left + x1 * w, top + y1 * h]
+
+
+def box_crop(image: np.ndarray, box: np.ndarray | Sequence[float], margin: float) -> np.ndarray:
+    """The box view of an ``(H, W, 3)`` image (``box_window_px``): the square around a subject
+    ``box`` plus ``margin``, clipped to the image (Alibaba's detect-then-embed). A box smaller
+    than 8 pixels, or not finite, gives the whole image."""
+    px = box_window_px(image.shape[0], image.shape[1], box, margin)
+    if px is None:
         return image
+    left, top, right, bottom = px
     return image[top:bottom, left:right]
 
 

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from vsearch.config import ModelConfig
-from vsearch.imaging import box_crop
+from vsearch.imaging import box_crop, box_window, into_window, out_of_window
 from vsearch.models.artifact import ModelArtifact, build_network, initial_artifact
 from vsearch.models.embedder import Embedder
 from vsearch.models.heads import CellLocaliser, SearchHead, SpatialLocaliser, SubjectLocaliser
 from vsearch.runtime.training_data import training_rows
 from vsearch.storage import Storage
-from vsearch.storage.feature_cache import box_key, round_box
+from vsearch.storage.feature_cache import box_key, box_of_key, round_box
 
 
 def _hot_spot(row: int, col: int, grid: int = 7, channels: int = 4) -> torch.Tensor:
@@ -108,6 +108,20 @@ def test_box_crop_is_the_square_around_the_box() -> None:
     assert box_crop(image, [np.nan, 0, 1, 1], 0.0) is image
 
 
+def test_a_box_maps_into_the_box_view_and_back() -> None:
+    # 100 x 200 image: box 20 x 40 px from (50, 20); its view: the 44 px square around it.
+    window = box_window(100, 200, [0.25, 0.2, 0.35, 0.6], margin=0.05)
+    assert window == pytest.approx((38 / 200, 18 / 100, 82 / 200, 62 / 100))
+    assert box_window(100, 200, [0.5, 0.5, 0.51, 0.51], 0.0) == (0.0, 0.0, 1.0, 1.0)
+    truth = [0.28, 0.25, 0.45, 0.55]  # sticks out of the view on the right: clipped
+    inside = into_window(truth, window)
+    assert inside[2] == 1.0 and 0 < inside[0] < inside[2] and 0 < inside[1] < inside[3] < 1
+    back = out_of_window(inside, window)
+    assert back[:2] == pytest.approx(truth[:2]) and back[3] == pytest.approx(truth[3])
+    assert back[2] == pytest.approx(window[2])
+    assert out_of_window([0, 0, 1, 1], window) == pytest.approx(list(window))
+
+
 def test_the_box_view_joins_the_views_mean() -> None:
     cfg = ModelConfig(arch="cnn_tiny", embed_dim=8, input_size=32)
     torch.manual_seed(0)
@@ -141,6 +155,42 @@ def test_the_box_view_joins_the_views_mean() -> None:
     )
 
 
+def test_a_refining_model_reports_the_box_found_in_the_box_view() -> None:
+    cfg = ModelConfig(arch="cnn_tiny", embed_dim=8, input_size=32)
+    torch.manual_seed(0)
+    net = build_network(cfg, categories=2)
+    with torch.no_grad():  # an untrained localiser boxes the whole image: make it pick a part
+        for param in net.head.localiser.parameters():
+            param.normal_(0.0, 1.0)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (40, 30 + 10 * i, 3), dtype=np.uint8) for i in range(3)]
+    plain = Embedder(net, ["a", "b"])
+    boxed = Embedder(net, ["a", "b"], box_margin=0.1)
+    refining = Embedder(net, ["a", "b"], box_margin=0.1, refine_box=True)
+    first = plain.predict(images).boxes
+    crops = [box_crop(i, b, 0.1) for i, b in zip(images, first, strict=True)]
+    found = plain.predict(crops).boxes  # the box the heads find in each crop
+    expected = [
+        out_of_window(f, box_window(img.shape[0], img.shape[1], b, 0.1))
+        for f, b, img in zip(found, first, images, strict=True)
+    ]
+    pred = refining.predict(images)
+    np.testing.assert_allclose(pred.boxes, expected, atol=1e-5)
+    assert not np.allclose(pred.boxes, first, atol=1e-3)
+    # Same embeddings as the plain box view; from maps, the shapes (or images) map boxes back.
+    np.testing.assert_allclose(pred.embeddings, boxed.predict(images).embeddings, atol=1e-6)
+    maps, box_maps = refining.feature_maps(images), refining.box_maps(images, first)
+    shapes = [img.shape for img in images]
+    np.testing.assert_allclose(
+        refining.predict_maps(maps, box_maps=box_maps, shapes=shapes).boxes, expected, atol=1e-5
+    )
+    np.testing.assert_allclose(refining.predict_maps(maps, box_maps=box_maps).boxes, first)
+    # The flag is the model's: saved with it, ignored without a box view.
+    on = cfg.model_copy(update={"box_view": True, "refine_box": True})
+    assert initial_artifact(on, ["a"]).embedder().refine_box
+    assert not Embedder(net, ["a"], refine_box=True).refine_box
+
+
 def test_box_view_rows_and_cache_keys() -> None:
     catalog = pa.table({"image_uri": ["c1"], "product_id": ["p"], "category": ["x"]})
     photos = pa.table(
@@ -157,6 +207,32 @@ def test_box_view_rows_and_cache_keys() -> None:
     assert last["image_uri"] == "q1#view=box" and last["key"] == "kq#box"
     assert all(np.isnan(last["box"])) and photo_rows.to_pylist()[0]["box"] == [1.0, 2, 3, 4]
     assert all(np.isnan(cat_rows.to_pylist()[0]["box"]))  # never null: one column type
+    assert box_of_key(box_key("k", box, 0.05)) == (box, 0.05)
+    assert box_of_key("k") is None and box_of_key("k#boxa,b+1") is None
+    # Refining: the box-view row carries the true box inside the crop (in the column's units:
+    # fractions of the crop times the stored image's size). 100 x 200 image, crop as above.
+    photos = pa.table(
+        {
+            "image_uri": ["q1", "q2"],
+            "product_id": ["p", "p"],
+            "category": ["x", "x"],
+            "box": [[56.0, 25, 80, 55], [0.0, 0, 10, 10]],
+        }
+    )
+    keys = {"c1": "kc", "q1": "kq", "q2": "kq2"}
+    view = box_key("kq", [0.25, 0.2, 0.35, 0.6], 0.05)
+    far = box_key("kq2", [0.7, 0.5, 0.9, 0.9], 0.05)  # q2's subject lies outside its crop
+    sizes = {"q1": (200, 100), "q2": (200, 100)}
+    _, rows = training_rows(
+        catalog, photos, (1.0,), keys, sizes, {"q1": view, "q2": far}, refine_box=True
+    )
+    refined = {r["image_uri"]: r["box"] for r in rows.to_pylist()}
+    window = box_window(100, 200, [0.25, 0.2, 0.35, 0.6], 0.05)
+    inside = into_window([56 / 200, 25 / 100, 80 / 200, 55 / 100], window)
+    assert refined["q1#view=box"] == pytest.approx(
+        [inside[0] * 200, inside[1] * 100, inside[2] * 200, inside[3] * 100], rel=1e-6
+    )
+    assert all(np.isnan(refined["q2#view=box"])) and refined["q1"] == [56.0, 25, 80, 55]
 
 
 def test_map_encoder_cuts_box_views(tmp_path: Path, tiny_onnx: bytes) -> None:

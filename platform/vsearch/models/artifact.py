@@ -160,6 +160,7 @@ class ModelArtifact:
             self.config.views,
             device,
             box_margin=self.config.box_margin if self.config.box_view else None,
+            refine_box=self.config.refine_box,
         )
 
     def to_bytes(self) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vsearch.imaging import box_crop, centre_crop
+from vsearch.imaging import box_crop, box_window, centre_crop, out_of_window
 from vsearch.models.heads import NetOutput
 from vsearch.models.network import SearchNetwork
 
@@ -45,11 +45,13 @@ class Embedder:
         views: Sequence[float] = (1.0,),
         device: str | torch.device | None = None,
         box_margin: float | None = None,
+        refine_box: bool = False,
     ) -> None:
         """``device``: where the network's torch part runs ("cuda", "cpu"; None: where it is,
         so an embedder over a trainer's network never moves it). ``box_margin``: embed a box
         view too (the square around the box predicted from the first view, this margin added
-        on each side); None: no box view."""
+        on each side); None: no box view. ``refine_box`` (with a box view): report the box
+        found in the box view, mapped back to the image, instead of the first view's."""
         if device is not None:
             network = network.to(device)
         self.network = network.eval()
@@ -60,6 +62,7 @@ class Embedder:
         self.batch_size = batch_size
         self.views = tuple(views)
         self.box_margin = box_margin
+        self.refine_box = refine_box and box_margin is not None
 
     @property
     def dim(self) -> int:
@@ -112,10 +115,13 @@ class Embedder:
         fmaps: np.ndarray,
         images: list[np.ndarray] | None = None,
         box_maps: np.ndarray | None = None,
+        shapes: Sequence[tuple[int, ...]] | None = None,
     ) -> Prediction:
         """The same from backbone maps ``(views, n, C, g, g)`` (float16 or float32). A model
         with a box view also needs the box view's maps ``(n, C, g, g)``, or the ``images`` to
-        crop at the boxes predicted from the first view."""
+        crop at the boxes predicted from the first view. A model that refines its boxes in the
+        box view needs the images' ``shapes`` (or the images) to map them back; without them
+        the first view's boxes are returned."""
         fmaps = np.asarray(fmaps)
         if fmaps.ndim != 5 or fmaps.shape[0] != len(self.views):
             raise ValueError(
@@ -130,6 +136,10 @@ class Embedder:
                     )
                 box_maps = self.box_maps(images, _boxes(per_view[0]))
             per_view.append(self._heads(np.asarray(box_maps)))
+            if shapes is None and images is not None:
+                shapes = [img.shape for img in images]
+            if self.refine_box and shapes is not None:
+                return self._combine(per_view, fmaps.shape[1], shapes)
         return self._combine(per_view, fmaps.shape[1])
 
     def boxes(self, fmaps: np.ndarray) -> np.ndarray:
@@ -149,7 +159,15 @@ class Embedder:
         """``(n, d) float32`` L2-normalised embeddings."""
         return self.predict(images).embeddings
 
-    def _combine(self, per_view: list[list[NetOutput]], n: int) -> Prediction:
+    def _combine(
+        self,
+        per_view: list[list[NetOutput]],
+        n: int,
+        shapes: Sequence[tuple[int, ...]] | None = None,
+    ) -> Prediction:
+        """Mean embedding and category probabilities over the views; the first view's boxes,
+        or (``shapes`` given) the box view's, mapped back to the images (the last view is
+        then the box view)."""
         if n == 0:
             c = len(self.categories)
             return Prediction(
@@ -159,10 +177,19 @@ class Embedder:
         logits = torch.stack([torch.cat([p.category_logits for p in parts]) for parts in per_view])
         mean = torch.nn.functional.normalize(emb.mean(dim=0), dim=1)
         probs = torch.softmax(logits, dim=2).mean(dim=0) if logits.shape[2] else logits[0]
+        boxes = _boxes(per_view[0])
+        if shapes is not None:
+            margin = self.box_margin if self.box_margin is not None else 0.0
+            inside = _boxes(per_view[-1])
+            boxes = np.asarray(
+                [
+                    out_of_window(found, box_window(shape[0], shape[1], first, margin))
+                    for found, first, shape in zip(inside, boxes, shapes, strict=True)
+                ],
+                dtype=np.float32,
+            ).reshape(-1, 4)
         return Prediction(
-            mean.cpu().numpy().astype(np.float32),
-            _boxes(per_view[0]),
-            probs.cpu().numpy().astype(np.float32),
+            mean.cpu().numpy().astype(np.float32), boxes, probs.cpu().numpy().astype(np.float32)
         )
 
 

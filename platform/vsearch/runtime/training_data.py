@@ -21,11 +21,18 @@ import ray.data
 import ray.train
 
 from vsearch.config import Config
-from vsearch.imaging import ImageDecodeError, centre_crop, decode_image, image_size
+from vsearch.imaging import (
+    ImageDecodeError,
+    box_window,
+    centre_crop,
+    decode_image,
+    image_size,
+    into_window,
+)
 from vsearch.models.miners import PKBatchSampler
 from vsearch.models.registry import backbone_spec
 from vsearch.storage.datasets import read_dataset
-from vsearch.storage.feature_cache import FeatureCache, view_key
+from vsearch.storage.feature_cache import FeatureCache, box_of_key, view_key
 from vsearch.storage.fs import Storage
 from vsearch.training.dataset import TrainingSet, from_streamed_rows, view_tag
 
@@ -37,6 +44,7 @@ def training_rows(
     keys: Mapping[str, str] | None = None,
     sizes: Mapping[str, tuple[int, int]] | None = None,
     box_keys: Mapping[str, str] | None = None,
+    refine_box: bool = False,
 ) -> tuple[pa.Table, pa.Table]:
     """The rows a training job streams to its workers: ``(catalogue rows, photo rows)``.
 
@@ -49,7 +57,9 @@ def training_rows(
     ``width``/``height`` of the stored image (from ``sizes``, 0 when unknown). The rows carry
     no pixels: readers attach the inputs. ``box_keys`` (source URI
     -> cache key of its box view) adds one more row per image for the box view (``view`` 0,
-    URI tagged ``#view=box``), read from the cache like the others.
+    URI tagged ``#view=box``), read from the cache like the others. With ``refine_box`` that
+    row carries the subject's box inside the crop (``vsearch.imaging.into_window``), in the
+    column's units: fractions of the crop times the stored image's width and height.
     """
     sizes = sizes or {}
 
@@ -91,7 +101,9 @@ def training_rows(
                         "key": box_keys[uri],
                         "product_id": product,
                         "category": category,
-                        "box": _NO_BOX,
+                        "box": _box_in_view(box, box_keys[uri], width, height)
+                        if refine_box
+                        else _NO_BOX,
                         "width": int(width),
                         "height": int(height),
                     }
@@ -103,6 +115,23 @@ def training_rows(
 
 #: The box of a row without one (a null would make blocks of such rows a different type).
 _NO_BOX = [float("nan")] * 4
+
+
+def _box_in_view(box: Sequence[float] | None, key: str, width: int, height: int) -> list[float]:
+    """The subject ``box`` (pixels of a ``width`` x ``height`` image) inside the box view that
+    cache ``key`` names, as fractions of the crop times ``width`` and ``height``."""
+    named = box_of_key(key)
+    if box is None or named is None or not (width and height):
+        return _NO_BOX
+    crop, margin = named
+    window = box_window(height, width, crop, margin)
+    x0, y0, x1, y1 = into_window(
+        [box[0] / width, box[1] / height, box[2] / width, box[3] / height], window
+    )
+    if x1 - x0 <= 0 or y1 - y0 <= 0:  # the subject lies outside the crop
+        return _NO_BOX
+    return [x0 * width, y0 * height, x1 * width, y1 * height]
+
 
 #: Columns of ``training_rows``.
 ROW_SCHEMA = pa.schema(
@@ -207,7 +236,13 @@ def _rows_and_reader(
     storage = Storage(cfg.storage, cfg.storage_options)
     ds = read_dataset(storage, dataset_prefix)
     catalog_rows, photo_rows = training_rows(
-        ds.catalog, ds.queries_of("train"), cfg.model.views, map_keys, image_sizes, box_keys
+        ds.catalog,
+        ds.queries_of("train"),
+        cfg.model.views,
+        map_keys,
+        image_sizes,
+        box_keys,
+        refine_box=cfg.model.refine_box,
     )
     where = {"storage_root": cfg.storage, "storage_options": cfg.storage_options}
     if map_keys is None:

@@ -44,6 +44,19 @@ def box_key(key: str, box: Sequence[float], margin: float) -> str:
     return f"{key}#box{x0:.3f},{y0:.3f},{x1:.3f},{y1:.3f}+{margin:g}"
 
 
+def box_of_key(key: str) -> tuple[list[float], float] | None:
+    """The rounded box and margin a box-view key (``box_key``) names; None for other keys."""
+    _, sep, rest = key.rpartition("#box")
+    if not sep:
+        return None
+    coords, plus, margin = rest.partition("+")
+    try:
+        box = [float(v) for v in coords.split(",")]
+        return (box, float(margin)) if plus and len(box) == 4 else None
+    except ValueError:
+        return None
+
+
 def round_box(box: Sequence[float]) -> list[float]:
     """A box rounded as box-view keys name it (crops are cut from the rounded box)."""
     return [round(float(v), 3) for v in box]
