@@ -128,6 +128,7 @@ class Embedder:
                 f"expected maps of shape ({len(self.views)} views, n, C, g, g), got {fmaps.shape}"
             )
         per_view = [self._heads(view_maps) for view_maps in fmaps]
+        refine_in: Sequence[tuple[int, ...]] | None = None  # shapes to map box-view boxes back
         if self.box_margin is not None and fmaps.shape[1]:
             if box_maps is None:
                 if images is None:
@@ -136,11 +137,13 @@ class Embedder:
                     )
                 box_maps = self.box_maps(images, _boxes(per_view[0]))
             per_view.append(self._heads(np.asarray(box_maps)))
-            if shapes is None and images is not None:
-                shapes = [img.shape for img in images]
-            if self.refine_box and shapes is not None:
-                return self._combine(per_view, fmaps.shape[1], shapes)
-        return self._combine(per_view, fmaps.shape[1])
+            if self.refine_box:
+                refine_in = (
+                    shapes
+                    if images is None or shapes is not None
+                    else [img.shape for img in images]
+                )
+        return self._combine(per_view, fmaps.shape[1], refine_in)
 
     def boxes(self, fmaps: np.ndarray) -> np.ndarray:
         """Subject boxes ``(n, 4)`` predicted from maps of the first view ``(n, C, g, g)``."""
