@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -84,14 +85,34 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subcommands(parser: argparse.ArgumentParser, dest: str) -> Any:
+    """``parser``'s required subcommands, each of whose ``--help`` opens with its one-line help
+    (argparse shows a subcommand's help only in its parent's list otherwise)."""
+    sub = parser.add_subparsers(dest=dest, required=True)
+    add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return add(name, **kwargs)
+
+    sub.add_parser = add_parser
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vsearch", description=__doc__.split("\n")[0])
+    summary, _, usage = (__doc__ or "").replace("``", "").partition("\n")
+    parser = argparse.ArgumentParser(
+        prog="vsearch",
+        description=summary,
+        epilog=usage.strip("\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="YAML config file (defaults apply when omitted)")
     common.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = _subcommands(parser, "command")
     demo = sub.add_parser("demo", parents=[common], help="run the whole path and report")
     demo.add_argument("--once", action="store_true", help="exit after the report")
     sub.add_parser("generate", parents=[common], help="put the configured dataset on storage")
@@ -112,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser(
         "index", parents=[common], help="list, publish, roll back, gc, add, update, delete"
     )
-    index_sub = index.add_subparsers(dest="index_command", required=True)
+    index_sub = _subcommands(index, "index_command")
     index_sub.add_parser("list", parents=[common], help="versions on storage (* published)")
     publish = index_sub.add_parser("publish", parents=[common], help="serve VERSION (verified)")
     publish.add_argument("version")
@@ -130,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("ids", help="Parquet file with image_id, or a text file of one id a line")
     sub.add_parser("serve", parents=[common], help="serve the published index")
     runs = sub.add_parser("runs", parents=[common], help="records of the jobs run on storage")
-    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_sub = _subcommands(runs, "runs_command")
     runs_list = runs_sub.add_parser("list", parents=[common], help="the newest runs, a line each")
     runs_list.add_argument("--limit", type=int, default=20, help="newest runs shown")
     runs_list.add_argument("--job", help="only this job (e.g. reindex, nightly, index)")

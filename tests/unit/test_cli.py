@@ -19,6 +19,25 @@ def test_subcommands_parse() -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--help"], "vsearch index add|update ROWS.parquet"),
+        (["train", "--help"], "train the search network (Ray Train)"),
+        (["index", "rollback", "--help"], "serve the previously published one"),
+        (["runs", "show", "--help"], "one run's whole record (JSON)"),
+    ],
+)
+def test_help_says_what_a_command_does(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert says in out and "``" not in out
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["generate", "--set", "train.epochz=1"], "epochz"),
