@@ -172,10 +172,15 @@ def test_faiss_rescoring_matches_numpy_rescoring(engine: str, dtype: str) -> Non
         _, ids = shard.search(batch, 5, 200, 64)
         assert ids[0, :4].tolist() == [7, 20, 35, 41] and ids[0, 4] not in (7, 20, 35, 41)
     assert shard.search(q[:1], 3, 200, 64)[1][0].tolist() == [7, 20, 35]
-    # Fewer candidates than k (one list probed): padded with -inf / -1.
-    scores, ids = shard.search(q[:2], 400, 10, 1)
-    assert (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
-    assert ((ids >= 0) == np.isfinite(scores)).all()
+    # Fewer candidates than k (one list probed): padded with -inf / -1, one query or several.
+    for batch in (q[:1], q[:2]):
+        scores, ids = shard.search(batch, 400, 10, 1)
+        assert (ids[:, -1] == -1).all() and np.isneginf(scores[:, -1]).all()
+        assert ((ids >= 0) == np.isfinite(scores)).all()
+    # One query, no ties: exactly the rows and scores numpy rescoring gives.
+    one, slow = shard.search(q[5:6], 10, 64, 4), twin.search(q[5:6], 10, 64, 4)
+    np.testing.assert_array_equal(one[1], slow[1])
+    np.testing.assert_allclose(one[0], slow[0], atol=1e-6)
     # The rows' numpy view keeps FAISS's memory alive after the shard is gone.
     rows, expected = shard.vectors, shard.float_rows()
     del shard, twin
@@ -226,6 +231,18 @@ def test_shard_normalises_and_validates() -> None:
         ShardIndex.build("s", x, _meta(20))
     with pytest.raises(ValueError):
         shard.search(np.ones((2, 8), dtype=np.float32), 3, 5)
+    q = x[5:7] / 3
+    for bad in (np.nan, np.inf, -np.inf):  # one query (the service's path) and a batch
+        for batch in (q[:1].copy(), q.copy()):
+            batch[0, 2] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                shard.search(batch, 3, 5)
+    # Finite values whose squares overflow float32 are scaled, not turned into zeros or NaN.
+    huge = shard.search(q[:1] * np.float32(1e30), 3, 20)
+    np.testing.assert_array_equal(huge[1], shard.search(q[:1], 3, 20)[1])
+    np.testing.assert_allclose(huge[0], shard.search(q[:1], 3, 20)[0], atol=1e-6)
+    zero = shard.search(np.zeros((1, 16), np.float32), 3, 20)  # an all-zero query: scores 0
+    assert (zero[0] == 0).all() and zero[1].shape == (1, 3)
 
 
 def test_shard_round_trip() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 
 import faiss
 import numpy as np
@@ -76,6 +77,8 @@ _RESCORE_FLOATS = 1 << 24
 #: Engines a large shard can get (``index.large_engine``): 4-bit PQ codes, RaBitQ codes or
 #: Hamming sign bits.
 LARGE_ENGINES: tuple[str, ...] = ("pq", "rabitq", "bivf")
+#: The error a search with a NaN or infinite query value raises.
+NON_FINITE_QUERIES = "queries contain NaN or infinite values"
 #: Dtypes the rescoring vectors can be stored in (``index.rescore_dtype``).
 RESCORE_DTYPES: tuple[str, ...] = ("float16", "float32", "int8")
 
@@ -489,7 +492,7 @@ class ShardIndex:
         shard, padded with ``-inf`` / ``-1`` past the shard's size. Equal scores are ordered by
         ascending row id. Rows marked deleted (:meth:`set_deleted`) are never returned.
         """
-        queries = self._check_queries(queries)
+        queries, nonzero = self._unit_queries(queries)
         if shortlist is None:
             if self.shortlist is None:
                 raise ValueError(
@@ -506,7 +509,6 @@ class ShardIndex:
                 np.full((m, k), -np.inf, dtype=np.float32),
                 np.full((m, k), -1, dtype=np.int64),
             )
-        queries, nonzero = _unit_rows(queries)
         if self._refine is not None and self._deleted is None and nonzero:
             found = self._search_refined(queries, k, n_cand, nprobe)
             if found is not None:
@@ -542,13 +544,13 @@ class ShardIndex:
         re-ordered here, and None (numpy rescoring instead) is returned when the ``k``-th score
         ties with the next one (exact duplicates across the cut). ``queries``: unit rows."""
         kk = min(k + 1, n_cand)
-        base = self._ivf_search_params(nprobe)
-        key = (int(base.nprobe), n_cand, kk)
+        # Keyed by Python values (reading the SWIG parameters back costs time on every query).
+        key = (self._float_nprobe if nprobe is None else nprobe, n_cand, kk)
         params = self._refine_params.get(key)
         if params is None:
             # k_base = int(kk * k_factor) = n_cand (the half keeps the product off rounding)
             params = faiss.IndexRefineSearchParameters(
-                k_factor=(n_cand + 0.5) / kk, base_index_params=base
+                k_factor=(n_cand + 0.5) / kk, base_index_params=self._ivf_search_params(nprobe)
             )
             self._refine_params[key] = params
         m = len(queries)
@@ -565,8 +567,12 @@ class ShardIndex:
             elif np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
                 return None
             scores, rows = scores[:, :k], rows[:, :k]
+        if m == 1 and kk >= k and rows[0, -1] >= 0:  # the usual case, in Python scalars
+            found = scores[0].tolist()
+            if len(set(found)) == len(found):  # no equal scores (they would sit side by side)
+                return scores, rows
         missing = rows < 0  # FAISS puts the candidates it did not find last
-        if (rows[0, -1] < 0) if m == 1 else missing[:, -1].any():
+        if missing[:, -1].any():
             scores = np.where(missing, np.float32(-np.inf), scores)
         if (scores[:, :-1] == scores[:, 1:]).any():  # equal scores: lower row first
             order = np.lexsort((np.where(missing, len(self), rows), -scores), axis=1)
@@ -616,13 +622,26 @@ class ShardIndex:
         self._gpu_index = gpu_flat(resources, self._index, config)
         return True
 
-    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+    def _unit_queries(self, queries: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Checked ``queries`` as contiguous float32 unit rows (all-zero rows stay zero), and
+        whether none was all zeros; ``ValueError`` for a wrong shape or a non-finite value.
+        One row (the service's call) takes a path with no row-wise numpy machinery: its
+        squared norm, summed in float64, is finite exactly when every value is."""
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (m, {self.dim}), got shape {queries.shape}")
-        if not np.isfinite(queries).all():
-            raise ValueError("queries contain NaN or infinite values")
-        return queries
+        if len(queries) != 1:
+            if not np.isfinite(queries).all():
+                raise ValueError(NON_FINITE_QUERIES)
+            return _unit_rows(queries)
+        row = np.ascontiguousarray(queries[0], dtype=np.float32)
+        wide = row.astype(np.float64)  # squares of any float32 stay finite in float64
+        squared = float(np.dot(wide, wide))
+        if not math.isfinite(squared):
+            raise ValueError(NON_FINITE_QUERIES)
+        if squared == 0.0:
+            return row[None], False
+        return (row / np.float32(math.sqrt(squared)))[None], True
 
     def to_bytes(self) -> dict[str, bytes]:
         """Serialise to ``{file name: bytes}``: the names in :data:`SHARD_FILES`, with
@@ -727,12 +746,7 @@ def open_rows(name: str, path: str) -> faiss.Index:
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, bool]:
     """(m, d) queries as contiguous float32 unit rows (all-zero rows stay zero), and whether
-    none was all zeros. One row (the service's call) is normalised without numpy's row-wise
-    machinery."""
-    if len(x) == 1:
-        row = np.ascontiguousarray(x[0], dtype=np.float32)
-        norm = float(np.sqrt(np.dot(row, row)))
-        return (row / norm if norm > 0 else row)[None], norm > 0
+    none was all zeros (one row: ``ShardIndex._unit_queries``)."""
     unit = l2_normalise(x)
     return unit, bool(unit.any(axis=1).all())
 
