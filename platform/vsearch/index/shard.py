@@ -527,9 +527,13 @@ class ShardIndex:
             rows[block, :kk] = r
         return scores, rows
 
+    def _probe(self, nprobe: int | None) -> int:
+        """The lists a float-code search probes for ``nprobe`` (None: the tuned number)."""
+        return self._float_nprobe if nprobe is None else max(1, min(nprobe, self.nlist or 1))
+
     def _ivf_search_params(self, nprobe: int | None) -> faiss.SearchParametersIVF:
         """Search parameters of a float-code engine probing ``nprobe`` lists (None: tuned)."""
-        probe = self._float_nprobe if nprobe is None else max(1, min(nprobe, self.nlist or 1))
+        probe = self._probe(nprobe)
         params = self._ivf_params.get(probe)
         if params is None:  # made once per nprobe: a SWIG object costs microseconds a query
             params = self._ivf_params[probe] = faiss.SearchParametersIVF(nprobe=probe)
@@ -545,7 +549,7 @@ class ShardIndex:
         ties with the next one (exact duplicates across the cut). ``queries``: unit rows."""
         kk = min(k + 1, n_cand)
         # Keyed by Python values (reading the SWIG parameters back costs time on every query).
-        key = (self._float_nprobe if nprobe is None else nprobe, n_cand, kk)
+        key = (self._probe(nprobe), n_cand, kk)
         params = self._refine_params.get(key)
         if params is None:
             # k_base = int(kk * k_factor) = n_cand (the half keeps the product off rounding)

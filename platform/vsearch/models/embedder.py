@@ -138,11 +138,9 @@ class Embedder:
                 box_maps = self.box_maps(images, _boxes(per_view[0]))
             per_view.append(self._heads(np.asarray(box_maps)))
             if self.refine_box:
-                refine_in = (
-                    shapes
-                    if images is None or shapes is not None
-                    else [img.shape for img in images]
-                )
+                refine_in = shapes
+                if refine_in is None and images is not None:
+                    refine_in = [img.shape for img in images]
         return self._combine(per_view, fmaps.shape[1], refine_in)
 
     def boxes(self, fmaps: np.ndarray) -> np.ndarray:
