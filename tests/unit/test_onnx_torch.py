@@ -10,7 +10,13 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from vsearch.models.onnx_torch import split, tensor_names, to_torch, truncate  # noqa: E402
+from vsearch.models.onnx_torch import (  # noqa: E402
+    channels_last,
+    split,
+    tensor_names,
+    to_torch,
+    truncate,
+)
 
 
 def _xception_like() -> bytes:
@@ -112,6 +118,23 @@ def test_truncated_graph_runs_in_onnxruntime_and_matches_the_head(graph: bytes) 
     with torch.no_grad():
         expected = head(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(_ort(truncate(graph, "joined"), x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_channels_last_cut_is_handed_over_channels_first(graph: bytes) -> None:
+    # "a0" is the batch norm's output in the NHWC layout the Keras export uses, (n, 15, 15, 8).
+    assert channels_last(graph, "a0") and not channels_last(graph, "joined")
+    head, tail = split(graph, "a0")
+    x = np.random.default_rng(4).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        cut = head(torch.from_numpy(x))
+        whole = to_torch(graph)(torch.from_numpy(x))
+    assert cut.shape == (2, 8, 15, 15)
+    torch.testing.assert_close(tail(cut), whole, rtol=1e-5, atol=1e-5)
+    # onnxruntime's truncated graph gives the same channels-first map.
+    truncated = truncate(graph, "a0")
+    out = ort.InferenceSession(truncated, providers=["CPUExecutionProvider"]).get_outputs()[0]
+    assert out.shape[1:] == [8, 15, 15]
+    np.testing.assert_allclose(_ort(truncated, x), cut.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_cuts_and_operators_are_refused_by_name(graph: bytes) -> None:

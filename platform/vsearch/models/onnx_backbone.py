@@ -69,7 +69,7 @@ class OnnxBackbone:
             if not all(isinstance(d, int) for d in (channels, rows, cols)) or rows != cols:
                 raise ValueError(
                     f"{spec.name}: the tensor {cut!r} has shape {out_shape}; a cut must be a "
-                    "(batch, C, g, g) map (for an NHWC tensor, cut at the Transpose after it)"
+                    "square map, (batch, C, g, g) or (batch, g, g, C)"
                 )
             spec = replace(spec, name=f"{spec.name}@{cut}", channels=channels, grid=rows)
         self.spec = spec

@@ -8,7 +8,10 @@ allow (the export fixes 224 px, the operators do not), and CUDA where torch has 
 
 The graph can be cut at a named tensor: ``split(model, cut)`` returns the part up to that tensor
 and the part after it, so the first part can run once per image into a cache and the second train
-on the cached activations.
+on the cached activations. The map at the cut is always handed over channels first,
+``(n, C, g, g)``: a cut at a channels-last tensor (Keras exports keep the residual sums of
+Xception's blocks as ``(n, g, g, C)``) is transposed on the way out of the first part and back on
+the way into the second.
 
 Only the operators convolutional backbones exported from Keras/torch use are implemented
 (convolutions, pooling, element-wise arithmetic, layout changes); any other is refused by name.
@@ -165,8 +168,14 @@ class OnnxModule(nn.Module):
         inputs: list[str],
         output: str,
         trainable: bool = True,
+        input_perm: tuple[int, ...] | None = None,
+        output_perm: tuple[int, ...] | None = None,
     ) -> None:
+        """``input_perm`` / ``output_perm`` permute the first input's axes before the graph
+        reads it and the output's axes after it (a channels-last cut handed over channels
+        first)."""
         super().__init__()
+        self.input_perm, self.output_perm = input_perm, output_perm
         self.nodes = nodes
         self.input_names = list(inputs)
         self.output_name = output
@@ -190,6 +199,8 @@ class OnnxModule(nn.Module):
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         if len(args) != len(self.input_names):
             raise ValueError(f"expected {len(self.input_names)} inputs, got {len(args)}")
+        if self.input_perm is not None:
+            args = (args[0].permute(*self.input_perm), *args[1:])
         values: dict[str, Any] = dict(zip(self.input_names, args, strict=True))
         for name, key in self._key.items():
             values[name] = self.weights[key]
@@ -197,7 +208,8 @@ class OnnxModule(nn.Module):
         for node in self.nodes:
             ins = [values[name] if name else None for name in node.inputs]
             values[node.outputs[0]] = OPS[node.op](ins, node.attrs)
-        return values[self.output_name]
+        out = values[self.output_name]
+        return out if self.output_perm is None else out.permute(*self.output_perm)
 
 
 def _parse(model_bytes: bytes) -> tuple[list[_Node], dict[str, np.ndarray], str, str]:
@@ -252,6 +264,35 @@ def _ancestors(nodes: list[_Node], target: str, stop: set[str]) -> set[int]:
     return needed
 
 
+_TO_CHANNELS_FIRST = (0, 3, 1, 2)
+_TO_CHANNELS_LAST = (0, 2, 3, 1)
+
+
+def _static_shape(model: Any, name: str) -> list[int | None] | None:
+    """The shape of tensor ``name`` from ONNX shape inference (``None`` per unknown dim), or
+    ``None`` when inference gives none."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            dims = info.type.tensor_type.shape.dim
+            return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return None
+
+
+def channels_last(model_bytes: bytes, cut: str) -> bool:
+    """Whether tensor ``cut`` is a channels-last map ``(n, g, g, C)``: its two middle sides are
+    equal and differ from the last. A map whose three sides are all equal reads as channels
+    first."""
+    import onnx
+
+    shape = _static_shape(onnx.load_model_from_string(model_bytes), cut)
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        return False
+    return shape[1] == shape[2] != shape[3]
+
+
 def split(
     model_bytes: bytes, cut: str, trainable_tail: bool = True
 ) -> tuple[OnnxModule, OnnxModule]:
@@ -259,10 +300,13 @@ def split(
 
     Every path from the input to the output must pass through ``cut`` (a residual branch that
     skips it is refused). The head's weights are frozen; the tail's train if ``trainable_tail``.
+    The head returns the map at the cut channels first, and the tail takes it so
+    (``channels_last``).
     """
     nodes, inits, source, output = _parse(model_bytes)
     if not any(cut in n.outputs for n in nodes):
         raise ValueError(f"no tensor named {cut!r} in the graph")
+    last = channels_last(model_bytes, cut)
     head_idx = _ancestors(nodes, cut, stop=set())
     tail_idx = _ancestors(nodes, output, stop={cut})
     # The tail may read the cut, initializers and its own tensors; anything else the head computes
@@ -271,8 +315,22 @@ def split(
     for i in tail_idx:
         if source in nodes[i].inputs or head_only & set(nodes[i].inputs):
             raise ValueError(f"cutting at {cut!r} leaves a branch that skips it")
-    head = OnnxModule([nodes[i] for i in sorted(head_idx)], inits, [source], cut, trainable=False)
-    tail = OnnxModule([nodes[i] for i in sorted(tail_idx)], inits, [cut], output, trainable_tail)
+    head = OnnxModule(
+        [nodes[i] for i in sorted(head_idx)],
+        inits,
+        [source],
+        cut,
+        trainable=False,
+        output_perm=_TO_CHANNELS_FIRST if last else None,
+    )
+    tail = OnnxModule(
+        [nodes[i] for i in sorted(tail_idx)],
+        inits,
+        [cut],
+        output,
+        trainable_tail,
+        input_perm=_TO_CHANNELS_LAST if last else None,
+    )
     return head, tail
 
 
@@ -285,8 +343,11 @@ def tensor_names(model_bytes: bytes, op: str | None = None) -> list[str]:
 
 def truncate(model_bytes: bytes, cut: str) -> bytes:
     """The ONNX graph up to tensor ``cut`` (which becomes its only output), as bytes for
-    onnxruntime: the frozen part of a split backbone then runs at onnxruntime's speed."""
+    onnxruntime: the frozen part of a split backbone then runs at onnxruntime's speed. A
+    channels-last cut gets a final transpose, so the output is channels first like ``split``'s
+    head."""
     import onnx
+    from onnx import TensorProto, helper
     from onnx.utils import Extractor
 
     model = onnx.load_model_from_string(model_bytes)
@@ -297,6 +358,18 @@ def truncate(model_bytes: bytes, cut: str) -> bytes:
     ]
     inferred = onnx.shape_inference.infer_shapes(model)
     part = Extractor(inferred).extract_model(source, [cut])
+    if channels_last(model_bytes, cut):
+        n, rows, cols, channels = _static_shape(model, cut) or [None] * 4
+        out = f"{cut}__channels_first"
+        part.graph.node.append(
+            helper.make_node("Transpose", [cut], [out], perm=list(_TO_CHANNELS_FIRST))
+        )
+        del part.graph.output[:]
+        part.graph.output.append(
+            helper.make_tensor_value_info(
+                out, TensorProto.FLOAT, [n or "batch", channels, rows, cols]
+            )
+        )
     return part.SerializeToString()
 
 
