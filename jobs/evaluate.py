@@ -113,7 +113,9 @@ def _train_gallery(
             [np.stack([maps[view_key(cached.keys[u], v)] for u in good]) for v in views]
         )
         boxed = np.stack([maps[box_keys[u]] for u in good]) if box_keys else None
-        pred = embedder.predict_maps(stack, box_maps=boxed)
+        runs = len(good) * (len(views) + (boxed is not None))
+        with progress(runs, "embedding train photos", "map") as bar:
+            pred = embedder.predict_maps(stack, box_maps=boxed, progress=bar.update)
         return pred, _pooled(stack[0], finish), train.filter(pa.array(ok))
     side = QUERY_DECODE_SCALE * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
@@ -159,8 +161,13 @@ def main(
     q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, side, "reading queries")
     queries = queries.filter(pa.array(ok))
     # The service's path: backbone maps, then the heads (one forward pass).
-    q_maps = embedder.feature_maps(q_images)
-    pred: Prediction = embedder.predict_maps(q_maps, images=q_images)
+    with progress(len(q_images), "embedding queries", "img") as bar:
+        parts = []
+        for start in range(0, len(q_images), 32):
+            parts.append(embedder.feature_maps(q_images[start : start + 32]))
+            bar.update(len(parts[-1][0]))
+        q_maps = np.concatenate(parts, axis=1) if parts else embedder.feature_maps([])
+        pred: Prediction = embedder.predict_maps(q_maps, images=q_images)
     products = queries["product_id"].to_pylist()
     canonical = canonical_products(ds)
     args = {

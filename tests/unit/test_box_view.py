@@ -143,8 +143,12 @@ def test_the_box_view_joins_the_views_mean() -> None:
     maps = boxed.feature_maps(images)
     with pytest.raises(ValueError, match="box view"):
         boxed.predict_maps(maps)
-    given = boxed.predict_maps(maps, box_maps=boxed.box_maps(images, base.boxes))
+    done: list[int] = []
+    given = boxed.predict_maps(
+        maps, box_maps=boxed.box_maps(images, base.boxes), progress=done.append
+    )
     np.testing.assert_allclose(given.embeddings, pred.embeddings, rtol=1e-5, atol=1e-6)
+    assert sum(done) == len(images) * (maps.shape[0] + 1)  # every view's maps and the box view's
     assert boxed.predict_maps(maps[:, :0], images=[]).embeddings.shape == (0, 8)
     with pytest.raises(ValueError, match="no box view"):
         plain.box_maps(images, base.boxes)

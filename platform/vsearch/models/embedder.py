@@ -11,7 +11,7 @@ embed), and that view joins the mean.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,18 +116,20 @@ class Embedder:
         images: list[np.ndarray] | None = None,
         box_maps: np.ndarray | None = None,
         shapes: Sequence[tuple[int, ...]] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Prediction:
         """The same from backbone maps ``(views, n, C, g, g)`` (float16 or float32). A model
         with a box view also needs the box view's maps ``(n, C, g, g)``, or the ``images`` to
         crop at the boxes predicted from the first view. A model that refines its boxes in the
         box view needs the images' ``shapes`` (or the images) to map them back; without them
-        the first view's boxes are returned."""
+        the first view's boxes are returned. ``progress(m)`` is called as each batch of ``m``
+        maps has run (every view's, and the box view's)."""
         fmaps = np.asarray(fmaps)
         if fmaps.ndim != 5 or fmaps.shape[0] != len(self.views):
             raise ValueError(
                 f"expected maps of shape ({len(self.views)} views, n, C, g, g), got {fmaps.shape}"
             )
-        per_view = [self._heads(view_maps) for view_maps in fmaps]
+        per_view = [self._heads(view_maps, progress) for view_maps in fmaps]
         refine_in: Sequence[tuple[int, ...]] | None = None  # shapes to map box-view boxes back
         if self.box_margin is not None and fmaps.shape[1]:
             if box_maps is None:
@@ -136,7 +138,7 @@ class Embedder:
                         "this model embeds a box view too: pass the images or their box maps"
                     )
                 box_maps = self.box_maps(images, _boxes(per_view[0]))
-            per_view.append(self._heads(np.asarray(box_maps)))
+            per_view.append(self._heads(np.asarray(box_maps), progress))
             if self.refine_box:
                 refine_in = shapes
                 if refine_in is None and images is not None:
@@ -148,12 +150,16 @@ class Embedder:
         return _boxes(self._heads(np.asarray(fmaps)))
 
     @torch.inference_mode()
-    def _heads(self, view_maps: np.ndarray) -> list[NetOutput]:
+    def _heads(
+        self, view_maps: np.ndarray, progress: Callable[[int], None] | None = None
+    ) -> list[NetOutput]:
         self.network.eval()
         parts: list[NetOutput] = []
         for start in range(0, len(view_maps), self.batch_size):
             chunk = torch.from_numpy(np.asarray(view_maps[start : start + self.batch_size]))
             parts.append(self.network.forward_maps(chunk.float().to(self.device)))
+            if progress is not None:
+                progress(len(chunk))
         return parts
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
