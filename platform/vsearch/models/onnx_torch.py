@@ -268,29 +268,28 @@ _TO_CHANNELS_FIRST = (0, 3, 1, 2)
 _TO_CHANNELS_LAST = (0, 2, 3, 1)
 
 
-def _static_shape(model: Any, name: str) -> list[int | None] | None:
-    """The shape of tensor ``name`` from ONNX shape inference (``None`` per unknown dim), or
-    ``None`` when inference gives none."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
+def _dims(inferred: Any, name: str) -> list[int | None]:
+    """The shape of tensor ``name`` in a shape-inferred ONNX model (``None`` per unknown
+    dimension; empty when inference gave none)."""
     for info in list(inferred.graph.value_info) + list(inferred.graph.output):
         if info.name == name and info.type.tensor_type.HasField("shape"):
             dims = info.type.tensor_type.shape.dim
             return [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return None
+    return []
+
+
+def _is_channels_last(dims: list[int | None]) -> bool:
+    """``(n, g, g, C)``: the two middle sides equal and different from the last. A map whose
+    three sides are all equal reads as channels first."""
+    return len(dims) == 4 and None not in dims[1:] and dims[1] == dims[2] != dims[3]
 
 
 def channels_last(model_bytes: bytes, cut: str) -> bool:
-    """Whether tensor ``cut`` is a channels-last map ``(n, g, g, C)``: its two middle sides are
-    equal and differ from the last. A map whose three sides are all equal reads as channels
-    first."""
+    """Whether tensor ``cut`` of the graph is a channels-last map ``(n, g, g, C)``."""
     import onnx
 
-    shape = _static_shape(onnx.load_model_from_string(model_bytes), cut)
-    if shape is None or len(shape) != 4 or None in shape[1:]:
-        return False
-    return shape[1] == shape[2] != shape[3]
+    model = onnx.load_model_from_string(model_bytes)
+    return _is_channels_last(_dims(onnx.shape_inference.infer_shapes(model), cut))
 
 
 def split(
@@ -358,17 +357,16 @@ def truncate(model_bytes: bytes, cut: str) -> bytes:
     ]
     inferred = onnx.shape_inference.infer_shapes(model)
     part = Extractor(inferred).extract_model(source, [cut])
-    if channels_last(model_bytes, cut):
-        n, rows, cols, channels = _static_shape(model, cut) or [None] * 4
+    dims = _dims(inferred, cut)
+    if _is_channels_last(dims):
+        _, rows, cols, channels = dims
         out = f"{cut}__channels_first"
         part.graph.node.append(
             helper.make_node("Transpose", [cut], [out], perm=list(_TO_CHANNELS_FIRST))
         )
         del part.graph.output[:]
         part.graph.output.append(
-            helper.make_tensor_value_info(
-                out, TensorProto.FLOAT, [n or "batch", channels, rows, cols]
-            )
+            helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", channels, rows, cols])
         )
     return part.SerializeToString()
 
