@@ -68,10 +68,13 @@ def canonical_products(ds: CatalogDataset) -> dict[str, str]:
     )
 
 
-def _pooled(maps: np.ndarray, finish: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+def _pooled(maps: np.ndarray, finish: Callable[..., np.ndarray] | None, desc: str) -> np.ndarray:
     """The "frozen backbone" baseline: its maps (``finish`` completes maps cached at a cut with
-    the pretrained rest of the backbone) averaged and normalised."""
-    maps = finish(maps) if finish is not None else maps
+    the pretrained rest of the backbone, under a progress bar ``desc``) averaged and
+    normalised."""
+    if finish is not None:
+        with progress(len(maps), desc, "map") as bar:
+            maps = finish(maps, bar.update)
     pooled = np.asarray(maps, dtype=np.float32).mean(axis=(2, 3))
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
@@ -81,9 +84,11 @@ def _train_gallery(
     ds: CatalogDataset,
     embedder: Embedder,
     backbone: bytes | None,
-    finish: Callable[[np.ndarray], np.ndarray] | None,
+    finish: Callable[..., np.ndarray] | None,
+    baseline: bool,
 ):
-    """Predictions (and, for a frozen backbone, pooled maps) of the train split's photos."""
+    """Predictions (and, for a frozen backbone and ``baseline``, pooled maps) of the train
+    split's photos."""
     from jobs.train import cache_box_views, cache_maps
 
     train = ds.queries_of("train")
@@ -116,7 +121,8 @@ def _train_gallery(
         runs = len(good) * (len(views) + (boxed is not None))
         with progress(runs, "embedding train photos", "map") as bar:
             pred = embedder.predict_maps(stack, box_maps=boxed, progress=bar.update)
-        return pred, _pooled(stack[0], finish), train.filter(pa.array(ok))
+        pooled = _pooled(stack[0], finish, "baseline: train photos") if baseline else None
+        return pred, pooled, train.filter(pa.array(ok))
     side = QUERY_DECODE_SCALE * embedder.input_size
     images, ok = read_urls(storage_of(cfg), uris, cfg.index.max_pixels, side, "train photos")
     return embedder.predict(images), None, train.filter(pa.array(ok))
@@ -161,13 +167,12 @@ def main(
     q_images, ok = read_urls(storage, urls, cfg.index.max_pixels, side, "reading queries")
     queries = queries.filter(pa.array(ok))
     # The service's path: backbone maps, then the heads (one forward pass).
-    with progress(len(q_images), "embedding queries", "img") as bar:
-        parts = []
-        for start in range(0, len(q_images), 32):
-            parts.append(embedder.feature_maps(q_images[start : start + 32]))
-            bar.update(len(parts[-1][0]))
-        q_maps = np.concatenate(parts, axis=1) if parts else embedder.feature_maps([])
-        pred: Prediction = embedder.predict_maps(q_maps, images=q_images)
+    views = len(embedder.views)
+    with progress(len(q_images) * views, "embedding queries (backbone)", "crop") as bar:
+        q_maps = embedder.feature_maps(q_images, progress=bar.update)
+    runs = len(q_images) * (views + 2 * (embedder.box_margin is not None))
+    with progress(runs, "embedding queries (heads, box view)", "map") as bar:
+        pred: Prediction = embedder.predict_maps(q_maps, images=q_images, progress=bar.update)
     products = queries["product_id"].to_pylist()
     canonical = canonical_products(ds)
     args = {
@@ -243,7 +248,7 @@ def main(
     if has_train and cfg.data.eval_split != "train":
         # The train photos' maps come from the feature cache (a Ray Data job fills any gaps).
         with ray_session(cfg.ray):
-            g_pred, g_pooled, g_rows = _train_gallery(cfg, ds, embedder, backbone, finish)
+            g_pred, g_pooled, g_rows = _train_gallery(cfg, ds, embedder, backbone, finish, baseline)
         g_products = g_rows["product_id"].to_pylist()
         report["photo_to_train"] = photo_to_photo(
             pred.embeddings, products, g_pred.embeddings, g_products
@@ -257,9 +262,11 @@ def main(
                 side,
                 "baseline: catalogue",
             )
-            c_pooled = _pooled(embedder.feature_maps(c_images)[0], finish)
+            c_pooled = _pooled(
+                embedder.feature_maps(c_images)[0], finish, "baseline: catalogue maps"
+            )
             c_products = ds.catalog.filter(pa.array(c_ok))["product_id"].to_pylist()
-            q_pooled = _pooled(q_maps[0], finish)
+            q_pooled = _pooled(q_maps[0], finish, "baseline: query maps")
             report["baseline_pooled_backbone"] = {
                 "photo_to_catalog": photo_to_photo(
                     q_pooled, products, c_pooled, c_products, canonical

@@ -149,6 +149,14 @@ def test_the_box_view_joins_the_views_mean() -> None:
     )
     np.testing.assert_allclose(given.embeddings, pred.embeddings, rtol=1e-5, atol=1e-6)
     assert sum(done) == len(images) * (maps.shape[0] + 1)  # every view's maps and the box view's
+    # Cut from the images here, the box crops' backbone batches are reported too.
+    done.clear()
+    cut = boxed.predict_maps(maps, images=images, progress=done.append)
+    np.testing.assert_allclose(cut.embeddings, pred.embeddings, rtol=1e-5, atol=1e-6)
+    assert sum(done) == len(images) * (maps.shape[0] + 2)
+    crops: list[int] = []
+    np.testing.assert_allclose(boxed.feature_maps(images, progress=crops.append), maps)
+    assert sum(crops) == len(images) * maps.shape[0]
     assert boxed.predict_maps(maps[:, :0], images=[]).embeddings.shape == (0, 8)
     with pytest.raises(ValueError, match="no box view"):
         plain.box_maps(images, base.boxes)

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from vsearch.models.onnx_torch import (  # noqa: E402
     channels_last,
+    pretrained_tail,
     split,
     tensor_names,
     to_torch,
@@ -110,6 +111,17 @@ def test_split_composes_to_the_whole_graph_and_only_the_tail_trains(graph: bytes
     tail(cut).pow(2).mean().backward()
     grads = [p.grad for p in tail.parameters()]
     assert len(grads) == 2 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_pretrained_tail_completes_cut_maps_in_batches(graph: bytes) -> None:
+    x = np.random.default_rng(5).normal(size=(70, 3, 32, 32)).astype(np.float32)
+    head, _ = split(graph, "joined")
+    with torch.no_grad():
+        cut, whole = head(torch.from_numpy(x)).numpy(), to_torch(graph)(torch.from_numpy(x))
+    done: list[int] = []
+    out = pretrained_tail(graph, "joined")(cut, done.append)
+    np.testing.assert_allclose(out, whole.numpy(), rtol=1e-4, atol=1e-4)
+    assert done == [64, 6]  # one call per batch of 64 maps
 
 
 def test_truncated_graph_runs_in_onnxruntime_and_matches_the_head(graph: bytes) -> None:

@@ -73,27 +73,39 @@ class Embedder:
         return self.spec.input_size
 
     @torch.inference_mode()
-    def feature_maps(self, images: list[np.ndarray]) -> np.ndarray:
+    def feature_maps(
+        self, images: list[np.ndarray], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         """Backbone maps of every centre-crop view: ``(views, n, C, g, g) float32`` (what the
-        cache stores; the box view, which depends on the heads, is not among them)."""
+        cache stores; the box view, which depends on the heads, is not among them).
+        ``progress(m)`` is called as each batch of ``m`` crops has run (``views x n`` in all)."""
         spec = self.network.map_spec
         out = np.empty(
             (len(self.views), len(images), spec.channels, spec.grid, spec.grid), dtype=np.float32
         )
         for v, fraction in enumerate(self.views):
-            out[v] = self._backbone([centre_crop(i, fraction) for i in images])
+            out[v] = self._backbone([centre_crop(i, fraction) for i in images], progress)
         return out
 
     @torch.inference_mode()
-    def box_maps(self, images: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-        """Backbone maps ``(n, C, g, g) float32`` of the square around each image's box."""
+    def box_maps(
+        self,
+        images: list[np.ndarray],
+        boxes: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Backbone maps ``(n, C, g, g) float32`` of the square around each image's box
+        (``progress`` as in :meth:`feature_maps`)."""
         if self.box_margin is None:
             raise ValueError("this model has no box view (model.box_view is off)")
         return self._backbone(
-            [box_crop(img, box, self.box_margin) for img, box in zip(images, boxes, strict=True)]
+            [box_crop(img, box, self.box_margin) for img, box in zip(images, boxes, strict=True)],
+            progress,
         )
 
-    def _backbone(self, crops: list[np.ndarray]) -> np.ndarray:
+    def _backbone(
+        self, crops: list[np.ndarray], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         self.network.eval()
         spec = self.network.map_spec
         out = np.empty((len(crops), spec.channels, spec.grid, spec.grid), dtype=np.float32)
@@ -103,6 +115,8 @@ class Embedder:
             if self.network.backbone is not None:  # a torch backbone (ONNX takes CPU input)
                 x = x.to(self.device)
             out[start : start + len(chunk)] = self.network.feature_maps(x).float().cpu().numpy()
+            if progress is not None:
+                progress(len(chunk))
         return out
 
     def predict(self, images: list[np.ndarray]) -> Prediction:
@@ -123,7 +137,10 @@ class Embedder:
         crop at the boxes predicted from the first view. A model that refines its boxes in the
         box view needs the images' ``shapes`` (or the images) to map them back; without them
         the first view's boxes are returned. ``progress(m)`` is called as each batch of ``m``
-        maps has run (every view's, and the box view's)."""
+        maps has run through the heads (every view's, and the box view's) and, where the box
+        view's maps are cropped from ``images`` here, as each batch of ``m`` box crops has run
+        through the backbone: ``n x (views + 2)`` in all then, else ``n x (views + 1)`` with a
+        box view and ``n x views`` without."""
         fmaps = np.asarray(fmaps)
         if fmaps.ndim != 5 or fmaps.shape[0] != len(self.views):
             raise ValueError(
@@ -137,7 +154,7 @@ class Embedder:
                     raise ValueError(
                         "this model embeds a box view too: pass the images or their box maps"
                     )
-                box_maps = self.box_maps(images, _boxes(per_view[0]))
+                box_maps = self.box_maps(images, _boxes(per_view[0]), progress)
             per_view.append(self._heads(np.asarray(box_maps), progress))
             if self.refine_box:
                 refine_in = shapes

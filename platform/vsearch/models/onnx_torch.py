@@ -371,19 +371,22 @@ def truncate(model_bytes: bytes, cut: str) -> bytes:
     return part.SerializeToString()
 
 
-def pretrained_tail(model_bytes: bytes, cut: str) -> Callable[[np.ndarray], np.ndarray]:
+def pretrained_tail(model_bytes: bytes, cut: str) -> Callable[..., np.ndarray]:
     """The graph after ``cut`` with its pretrained (untrained-here) weights, as a function of
     ``(n, C, g, g)`` maps at the cut: what the frozen backbone would have output. Baselines such
-    as "pooled frozen backbone" use it on cached cut maps."""
+    as "pooled frozen backbone" use it on cached cut maps. The function takes an optional
+    ``progress(m)``, called as each batch of ``m`` maps has run."""
     _, tail = split(model_bytes, cut, trainable_tail=False)
     tail.eval()
 
     @torch.no_grad()
-    def run(maps: np.ndarray) -> np.ndarray:
-        parts = [
-            tail(torch.from_numpy(np.asarray(maps[i : i + 64], dtype=np.float32))).numpy()
-            for i in range(0, len(maps), 64)
-        ]
+    def run(maps: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        parts = []
+        for i in range(0, len(maps), 64):
+            chunk = np.asarray(maps[i : i + 64], dtype=np.float32)
+            parts.append(tail(torch.from_numpy(chunk)).numpy())
+            if progress is not None:
+                progress(len(chunk))
         return np.concatenate(parts) if parts else np.asarray(maps, dtype=np.float32)
 
     return run
