@@ -170,8 +170,10 @@ def main(
     views = len(embedder.views)
     with progress(len(q_images) * views, "embedding queries (backbone)", "crop") as bar:
         q_maps = embedder.feature_maps(q_images, progress=bar.update)
-    runs = len(q_images) * (views + 2 * (embedder.box_margin is not None))
-    with progress(runs, "embedding queries (heads, box view)", "map") as bar:
+    box = embedder.box_margin is not None
+    runs = len(q_images) * (views + 2 * box)
+    desc = "embedding queries (heads, box view)" if box else "embedding queries (heads)"
+    with progress(runs, desc, "map") as bar:
         pred: Prediction = embedder.predict_maps(q_maps, images=q_images, progress=bar.update)
     products = queries["product_id"].to_pylist()
     canonical = canonical_products(ds)
