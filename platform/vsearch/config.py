@@ -309,7 +309,7 @@ class IndexConfig(_Strict):
     #: Shards of more rows than this get an inverted-file engine (lists probed tuned with the
     #: shortlist) instead of an exhaustive Hamming scan of sign codes ("BFlat").
     ivf_above: int | None = Field(50_000, ge=1)
-    #: That engine: "pq" (4-bit product-quantiser codes of the residuals, "IVF<nlist>,PQ<d/2>x4fs",
+    #: That engine: "pq" (4-bit product-quantiser codes of the vectors, "IVF<nlist>,PQ<d/2>x4fs",
     #: scanned with SIMD lookup tables), "rabitq" (RaBitQ codes, "IVF<nlist>,RaBitQfs": a random
     #: rotation and a distance estimator that tracks cosine) or "bivf" (sign codes, "BIVF<nlist>").
     large_engine: Literal["pq", "rabitq", "bivf"] = "pq"

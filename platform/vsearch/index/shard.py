@@ -6,11 +6,13 @@ inner-product rescoring of the shortlist with the float vectors. The codes are o
 - sign bits searched by Hamming distance, exhaustively (``IndexBinaryFlat``, "BFlat") for small
   shards, or through an inverted file over the codes (``IndexBinaryIVF``, "BIVF<nlist>");
 - 4-bit product-quantiser codes ("IVF<nlist>,PQ<d/2>x4fs": FAISS's ``IndexIVFPQFastScan``, the
-  default): each vector's residual to its coarse centroid is cut into ``d/2`` pairs of
-  dimensions, each pair coded as one of 16 centroids learnt at build time (``d/2`` bytes a
-  vector); the query's inner product with every code is summed from small lookup tables held in
-  SIMD registers. Its estimate is close enough that short shortlists suffice, and for inner
-  products the tables do not depend on the list probed, so probing many small lists is cheap;
+  default): each vector itself (not its residual to its coarse centroid: residual codes needed
+  a longer shortlist for the same recall, see benchmarks/results/index_experiments.md) is cut
+  into ``d/2`` pairs of dimensions, each pair coded as one of 16 centroids learnt at build time
+  (``d/2`` bytes a vector); the query's inner product with every code is summed from small
+  lookup tables held in SIMD registers. Its estimate is close enough that short shortlists
+  suffice, and for inner products the tables do not depend on the list probed, so probing many
+  small lists is cheap;
 - RaBitQ codes ("IVF<nlist>,RaBitQfs": FAISS's ``IndexIVFRaBitQFastScan``): each vector's
   residual to its coarse centroid is turned by a random rotation drawn at build time and kept as
   one bit per dimension plus two correction factors, and RaBitQ's estimator of the inner product
