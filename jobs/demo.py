@@ -177,11 +177,12 @@ def _print_report(report: dict[str, Any]) -> None:
     ):
         cells = "".join(f"{c[key]:17.3f}" if key in c else f"{'':17s}" for _, c in cols)
         print(f"  {label:34s}{cells}")
-    cat = offline["category"]
-    print(
-        f"  {'category top-1 model / search / fused':34s} "
-        f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
-    )
+    if "category" in offline:
+        cat = offline["category"]
+        print(
+            f"  {'category top-1 model / search / fused':34s} "
+            f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
+        )
     if "box" in offline:
         print(f"  {'subject box IoU (trained)':34s} {offline['box']['iou']:.3f}")
     print(

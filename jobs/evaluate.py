@@ -36,7 +36,6 @@ from vsearch.index.tuning import tuning_spec
 from vsearch.models.artifact import initial_artifact
 from vsearch.models.embedder import Embedder, Prediction
 from vsearch.models.onnx_torch import pretrained_tail
-from vsearch.rank.fusion import predict_categories
 from vsearch.rank.pipeline import QueryPipeline, QueryPolicy
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.embedding import META_COLUMNS
@@ -196,7 +195,9 @@ def main(
         **args,
     )  # fmt: skip
     pipeline = QueryPipeline(args["policy"])
-    routes = [pipeline.plan(p, artifact.categories, 10).categories for p in pred.category_probs]
+    # Routed by the fused probabilities, as the service routes.
+    fused = p2c.category_probs if p2c.category_probs is not None else pred.category_probs
+    routes = [pipeline.plan(p, artifact.categories, 10).categories for p in fused]
     report: dict[str, Any] = {
         "index_version": manifest.version,
         "model_version": manifest.model_version,
@@ -220,28 +221,20 @@ def main(
                 np.mean([r is None or t in r for r, t in zip(routes, truth_cats, strict=True)])
             ),
         }
-    # Category: the vote runs over the catalogue hits, as in the service.
-    k = min(cfg.category.vote_neighbours, len(catalog_vectors))
-    sims, rows = exact_topk(pred.embeddings, catalog_vectors, k)
-    cat_of_row = catalog_meta["category"].to_pylist()
-    product_of_row = catalog_meta["product_id"].to_pylist()
-    _, vote = predict_categories(
-        pred.category_probs,
-        sims,
-        [[cat_of_row[r] for r in row] for row in rows],
-        artifact.categories,
-        cfg.category.fusion_weight,
-        cfg.category.vote_temperature,
-    )
-    report["category"] = category_report(
-        queries["category"].to_pylist(),
-        artifact.categories,
-        pred.category_probs,
-        vote,
-        cfg.category.fusion_weight,
-        fine_truth=[canonical.get(p, p) for p in products],
-        fine_search=[canonical.get(product_of_row[r[0]], product_of_row[r[0]]) for r in rows],
-    )
+    # Category: the pipeline's vote (the nearest catalogue images over every shard of the
+    # index) and its fusion with the head, as in the service.
+    if artifact.categories:
+        _, rows = exact_topk(pred.embeddings, catalog_vectors, 1)
+        product_of_row = catalog_meta["product_id"].to_pylist()
+        report["category"] = category_report(
+            queries["category"].to_pylist(),
+            artifact.categories,
+            pred.category_probs,
+            p2c.vote_probs,
+            cfg.category.fusion_weight,
+            fine_truth=[canonical.get(p, p) for p in products],
+            fine_search=[canonical.get(product_of_row[r[0]], product_of_row[r[0]]) for r in rows],
+        )
     boxes = queries["box"].to_pylist()
     if any(b is not None for b in boxes):
         report["box"] = {"iou": box_iou_mean(pred.boxes, boxes, [img.shape for img in q_images])}
@@ -336,10 +329,11 @@ def _print(report: dict[str, Any]) -> None:
         rows["photo -> train photos R@1 / R@10"] = (
             f"{p2t['recall_at_1']:.3f} / {p2t['recall_at_10']:.3f}"
         )
-    cat = report["category"]
-    rows["category top-1 model / search / fused"] = (
-        f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
-    )
+    if "category" in report:
+        cat = report["category"]
+        rows["category top-1 model / search / fused"] = (
+            f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
+        )
     if "box" in report:
         rows["subject box IoU"] = report["box"]["iou"]
     for key in ("baseline_pooled_backbone", "baseline_untrained"):

@@ -35,9 +35,13 @@ class SearchResponse(BaseModel):
     model_version: str
     took_ms: float
     timings_ms: dict[str, float] = Field(
-        description="read, decode, embed, search, rerank and total, in milliseconds"
+        description="read, decode, embed, vote (the category vote's search), search, rerank "
+        "and total, in milliseconds"
     )
-    category: CategoryGuess | None = Field(description="the category head's top class")
+    category: CategoryGuess | None = Field(
+        description="the predicted category: the category head's softmax fused with the vote "
+        "of the nearest catalogue images (null: the model has no category head)"
+    )
     searched_categories: list[str] | None = Field(
         description="the categories whose shards were searched (null: all)"
     )

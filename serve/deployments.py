@@ -611,26 +611,19 @@ class SearchIngress:
         timings["decode"], mark = time.perf_counter() - mark, time.perf_counter()
         pred = await self.embedder.remote(image, served.model_version)
         timings["embed"], mark = time.perf_counter() - mark, time.perf_counter()
-        probs = np.asarray(pred["category_probs"])
+        probs = np.asarray(pred["category_probs"], dtype=np.float32)
         names = served.model_categories
+        vector = pred["embedding"]
+        if self.pipeline.votes(names) and probs.size:
+            # Category fusion: the nearest catalogue images of every shard vote first.
+            vote_plan = self.pipeline.vote_plan()
+            vote_hits = await self._search(served, vector, vote_plan)
+            probs, _ = self.pipeline.categorise(probs, names, vote_hits)
+            timings["vote"], mark = time.perf_counter() - mark, time.perf_counter()
         asked = [c for c in categories.split(",") if c] if categories else None
         plan = self.pipeline.plan(probs, names, k, asked, hybrid=text is not None)
         wanted = plan.categories
-        targets = [
-            s
-            for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
-            if cats and (wanted is None or cats.intersection(wanted))
-        ]
-        shortlist = self.args.shortlist
-        vector = pred["embedding"]
-        answers = await asyncio.gather(
-            *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted)
-              for s in targets)
-        )  # fmt: skip
-        versions = {version for version, _ in answers}
-        if versions - {served.index_version}:  # never expected: a searcher answered another
-            raise self.metrics.error(500, f"mixed_versions: {sorted(versions)}")
-        hit_lists = [hits for _, hits in answers]
+        hit_lists = await self._search(served, vector, plan)
         timings["search"], mark = time.perf_counter() - mark, time.perf_counter()
         if text is None:
             # Photo only: the same rank stage here (0.2 ms) saves a call to the re-ranker
@@ -662,6 +655,24 @@ class SearchIngress:
             "box": [round(float(v), 4) for v in np.asarray(pred["box"]).tolist()],
             "results": results,
         }
+
+    async def _search(self, served: _Served, vector: Any, plan: QueryPlan) -> list[list[Hit]]:
+        """The hit lists of the searchers holding ``plan``'s categories (all: every one)."""
+        wanted = plan.categories
+        targets = [
+            s
+            for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
+            if cats and (wanted is None or cats.intersection(wanted))
+        ]
+        shortlist = self.args.shortlist
+        answers = await asyncio.gather(
+            *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted)
+              for s in targets)
+        )  # fmt: skip
+        versions = {version for version, _ in answers}
+        if versions - {served.index_version}:  # never expected: a searcher answered another
+            raise self.metrics.error(500, f"mixed_versions: {sorted(versions)}")
+        return [hits for _, hits in answers]
 
     @api.get(
         "/products/{product_id}",

@@ -280,12 +280,14 @@ class CategoryConfig(_Strict):
     #: Weight of the model in the fusion (1: model only, 0: vote only); tune it on a split you
     #: do not report (``vsearch evaluate`` prints the accuracy of every weight).
     fusion_weight: float = Field(0.5, ge=0, le=1)
-    #: Neighbours that vote, and the softmax temperature of their similarity weights.
-    vote_neighbours: int = Field(10, ge=1)
+    #: Nearest catalogue images that vote (searched over every shard before the routed
+    #: search; 0: no vote, the head alone), and the softmax temperature of their similarities.
+    vote_neighbours: int = Field(10, ge=0)
     vote_temperature: float = Field(0.05, gt=0)
     #: Routing (service and evaluation alike): a query is searched in the shards of its most
-    #: probable categories (category head) until their probability reaches ``route_mass``, at
-    #: most ``route_max`` of them; 0 searches every shard. A request's category filter wins.
+    #: probable categories (the fused prediction) until their probability reaches
+    #: ``route_mass``, at most ``route_max`` of them; 0 searches every shard. A request's
+    #: category filter wins.
     route_mass: float = Field(0.9, ge=0, le=1)
     route_max: int = Field(3, ge=1)
 

@@ -259,13 +259,14 @@ def test_readyz_metrics_and_stage_timings(running: Running, client) -> None:
     data, _ = _query_bytes(running.cfg)
     body = client.search(data, k=2).json()
     timings = body["timings_ms"]
-    assert set(timings) == {"read", "decode", "embed", "search", "rerank", "total"}
+    assert set(timings) == {"read", "decode", "embed", "vote", "search", "rerank", "total"}
     assert timings["total"] >= max(v for s, v in timings.items() if s != "total")
     client.search(b"not an image")
     text = requests.get(f"{running.url}/metrics", timeout=30).text
     assert 'vsearch_requests_total{code="200",endpoint="/search"}' in text
     assert 'vsearch_errors_total{reason="not_an_image"}' in text
     assert 'vsearch_stage_seconds_count{stage="embed"}' in text
+    assert 'vsearch_stage_seconds_count{stage="vote"}' in text
     assert f'index_version="{running.manifest.version}"' in text
 
 

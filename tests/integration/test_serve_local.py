@@ -79,6 +79,8 @@ def test_the_graph_finds_each_photos_product_in_local_testing_mode(tiny_config) 
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.category.route_mass = 0.0  # an untrained model routes at random: search every shard
+    # The untrained model's vectors are all alike: a sharp vote lets the nearest image decide.
+    cfg.category.vote_temperature = 1e-4
     cfg.serve.reload_interval_s = 0
     cfg.index.text_channel = False
     # Ray 2.60's serve.batch needs a replica context that local testing mode does not set: the
@@ -98,8 +100,10 @@ def test_the_graph_finds_each_photos_product_in_local_testing_mode(tiny_config) 
         assert got["results"][0]["product_id"] == f"p{i}", got["results"]
         assert len(got["results"]) == 3
         assert got["results"][0]["similarity"] == pytest.approx(1.0, abs=1e-2)
-        assert set(got["timings_ms"]) == {"read", "decode", "embed", "search", "rerank",
+        assert set(got["timings_ms"]) == {"read", "decode", "embed", "vote", "search", "rerank",
                                           "total"}  # fmt: skip
+        # The photo's nearest image is its own: the vote carries the fused category there.
+        assert got["category"]["name"] == CATEGORIES[i % 3], got["category"]
     # A category filter searches only that category's shard.
     got = handle.search.remote(_request(photos[1]), k=3, categories="shoes",
                                text=None).result(timeout_s=60)  # fmt: skip

@@ -11,6 +11,7 @@ from vsearch.config import load_config
 from vsearch.index import Hit
 from vsearch.index.builder import build_shards
 from vsearch.index.searcher import ShardedIndex
+from vsearch.rank.fusion import predict_categories
 from vsearch.rank.pipeline import QueryPipeline, QueryPlan, QueryPolicy
 from vsearch.rank.routing import images_to_fetch
 
@@ -50,6 +51,9 @@ def test_policy_comes_from_the_config(tmp_path) -> None:
                              "category.route_max=2", "serve.text_weight=0.3"])  # fmt: skip
     policy = QueryPolicy.of(cfg)
     assert (policy.quality_weight, policy.route_max, policy.text_weight) == (0.1, 2, 0.3)
+    assert (policy.fusion_weight, policy.vote_neighbours) == (
+        cfg.category.fusion_weight, cfg.category.vote_neighbours,
+    )  # fmt: skip
     assert policy.route_mass == cfg.category.route_mass
 
 
@@ -70,16 +74,72 @@ def test_run_searches_the_routed_shards_and_returns_products_box_and_category() 
         asked.append(plan)
         return [index.search(vector[None], plan.images, None, plan.categories)[0]]
 
-    pipe = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1))
+    pipe = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1, vote_neighbours=0))
     pred = {"embedding": x[3], "category_probs": np.array([0.7, 0.2, 0.1]), "box": np.ones(4)}
     answer = pipe.run(pred, NAMES, 3, search)
-    assert asked[-1].categories == ["bags"] and answer.category == ("bags", 0.7)
+    assert len(asked) == 1 and answer.vote_probs is None  # no vote: one search
+    assert asked[-1].categories == ["bags"] and answer.category == pytest.approx(("bags", 0.7))
     assert answer.products[0].product_id == "p1" and answer.products[0].image_id == "i3"
     assert all(p.category == "bags" for p in answer.products) and len(answer.products) == 3
     assert answer.box == [1.0, 1.0, 1.0, 1.0]
     # Routed to the wrong category, the photo's own product cannot be found.
     wrong = pipe.run({**pred, "category_probs": np.array([0.0, 0.9, 0.1])}, NAMES, 3, search)
     assert all(p.category == "drinks" for p in wrong.products)
+
+
+def _catalogue(n: int = 90) -> tuple[np.ndarray, ShardedIndex]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    meta = pa.table({
+        "image_id": [f"i{i}" for i in range(n)], "product_id": [f"p{i}" for i in range(n)],
+        "category": [NAMES[i % 3] for i in range(n)], "title": ["t"] * n,
+        "quality": pa.array([0.0] * n, pa.float32()), "popularity": pa.array([0.0] * n, pa.float32()),
+    })  # fmt: skip
+    return x, ShardedIndex.from_built(build_shards(x, meta, 1, rescore_dtype="float32"))
+
+
+def test_the_vote_of_the_nearest_images_fuses_with_the_head_and_routes_the_search() -> None:
+    x, index = _catalogue()
+    asked: list[QueryPlan] = []
+
+    def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
+        asked.append(plan)
+        return [index.search(vector[None], plan.images, None, plan.categories)[0]]
+
+    pipe = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1, fusion_weight=0.5))
+    # The photo is catalogue image 0 ("bags"), but the head leans to "drinks".
+    pred = {"embedding": x[0], "category_probs": np.array([0.3, 0.6, 0.1]), "box": np.ones(4)}
+    answer = pipe.run(pred, NAMES, 3, search)
+    vote_plan = asked[0]
+    assert vote_plan.categories is None and vote_plan.images == 10  # every shard, 10 voters
+    assert asked[1].categories == ["bags"] and answer.plan.routed_by == "model"
+    assert answer.vote_probs is not None and answer.vote_probs.argmax() == 0
+    assert answer.category is not None and answer.category[0] == "bags"
+    # The fusion is exactly the core function's, on the vote search's hits.
+    hits = index.search(x[0][None], 10, None, None)[0]
+    fused, vote = predict_categories(
+        np.array([[0.3, 0.6, 0.1]], np.float32), np.array([[h.score for h in hits]]),
+        [[h.category for h in hits]], NAMES, 0.5, 0.05,
+    )  # fmt: skip
+    np.testing.assert_allclose(answer.category_probs, fused[0], rtol=1e-5)
+    np.testing.assert_allclose(answer.vote_probs, vote[0], rtol=1e-5)
+    assert answer.products[0].product_id == "p0"
+    # The head alone (weight 1) keeps its own guess and routes there.
+    head = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1, fusion_weight=1.0))
+    assert head.run(pred, NAMES, 3, search).category == pytest.approx(("drinks", 0.6))
+
+
+def test_categorise_merges_searchers_and_refuses_a_wrong_width() -> None:
+    pipe = QueryPipeline(QueryPolicy(vote_neighbours=2, fusion_weight=0.0))
+    lists = [[Hit(0.9, "a", "A", "shoes", "", 0, 0, "s1"), Hit(0.1, "c", "C", "bags", "", 0, 0,
+              "s1")], [Hit(0.8, "b", "B", "shoes", "", 0, 0, "s2")]]  # fmt: skip
+    fused, vote = pipe.categorise(np.array([1.0, 0.0, 0.0]), NAMES, lists)
+    assert vote[2] == pytest.approx(1.0) and fused.argmax() == 2  # the best 2 voters: shoes
+    empty, _ = pipe.categorise(np.array([1.0, 0.0, 0.0]), NAMES, [])
+    np.testing.assert_allclose(empty, 1 / 3)  # no voters: a uniform vote
+    with pytest.raises(ValueError, match="2 probabilities for 3 categories"):
+        pipe.categorise(np.array([0.5, 0.5]), NAMES, lists)
 
 
 def test_rank_keeps_the_best_images_of_all_searchers_as_one_search_would() -> None:

@@ -4,7 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from vsearch.eval.quality import category_report
 from vsearch.eval.retrieval import canonical_ranking, evaluate_retrieval
+from vsearch.rank.pipeline import QueryPolicy
 
 
 def _meta(products: list[str], categories: list[str]) -> pa.Table:
@@ -77,3 +79,37 @@ def test_report_figure_is_a_png() -> None:
 
     png = recall_and_latency_figure({"a": [0.1, 0.5, 0.9]}, [10.0, 12.0, 30.0], "t")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_queries_are_categorised_and_routed_by_the_fused_prediction() -> None:
+    # Catalogue "a" and "b" halves; the head says "b" for every query of "a", half-sure. The
+    # vote of the nearest images (the query's own) wins the fusion and routes the search.
+    rng = np.random.default_rng(2)
+    n = 40
+    catalog = rng.normal(size=(n, 32)).astype(np.float32)
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    products = [f"p{i}" for i in range(n)]
+    meta = _meta(products, ["a" if i < 20 else "b" for i in range(n)])
+    head = np.tile(np.array([[0.4, 0.6]], np.float32), (10, 1))
+    args = {"shortlist": n, "rescore_dtype": "float32", "category_names": ["a", "b"]}
+    fused = evaluate_retrieval(catalog[:10], products[:10], catalog, meta,
+                               category_probs=head, **args)  # fmt: skip
+    assert fused.vote_probs is not None and (fused.vote_probs.argmax(1) == 0).all()
+    assert fused.category_probs is not None and (fused.category_probs.argmax(1) == 0).all()
+    assert fused.recall_at_1 == 1.0  # routed to "a", where the products are
+    alone = evaluate_retrieval(catalog[:10], products[:10], catalog, meta, category_probs=head,
+                               policy=QueryPolicy(vote_neighbours=0, route_max=1), **args)  # fmt: skip
+    assert alone.vote_probs is None and alone.recall_at_1 == 0.0  # the head routes to "b"
+    assert "category_probs" not in fused.as_dict()
+
+
+def test_category_report_without_a_vote_is_the_head_alone() -> None:
+    model = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]], np.float32)
+    rep = category_report(["a", "b", "b"], ["a", "b"], model, None, 0.5)
+    assert rep["fused_top1"] == rep["model_top1"] == pytest.approx(2 / 3)
+    assert np.isnan(rep["search_top1"]) and "by_weight" not in rep
+    vote = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], np.float32)
+    with_vote = category_report(["a", "b", "b"], ["a", "b"], model, vote, 0.5)
+    assert with_vote["search_top1"] == pytest.approx(2 / 3) and "by_weight" in with_vote
+    with pytest.raises(ValueError, match="nothing predicts a category"):
+        category_report(["a"], [], np.zeros((1, 0), np.float32), None, 0.5)

@@ -45,14 +45,15 @@ def category_report(
     truth: Sequence[str],
     categories: Sequence[str],
     model_probs: np.ndarray,
-    vote_probs: np.ndarray,
+    vote_probs: np.ndarray | None,
     weight: float,
     fine_truth: Sequence[str] | None = None,
     fine_search: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Top-1 category accuracy of the model head, the kNN vote and their fusion at ``weight``;
     the accuracy of every weight (``by_weight``: choose it on a split you do not report); and the
-    fine (product) accuracy of the search's top hit when given."""
+    fine (product) accuracy of the search's top hit when given. Without a vote
+    (``vote_probs`` None) the fusion is the head alone and the vote's accuracy is NaN."""
     index = {c: i for i, c in enumerate(categories)}
     labels = np.asarray([index.get(c, -1) for c in truth], dtype=np.int64)
     has_model = model_probs.shape[1] > 0
@@ -60,15 +61,21 @@ def category_report(
     def top1(probs: np.ndarray) -> float:
         return float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0
 
+    if vote_probs is None:
+        if not has_model:
+            raise ValueError("no category head and no vote: nothing predicts a category")
+        fused_top1, weight = top1(model_probs), 1.0
+    else:
+        fused_top1 = top1(fuse(model_probs, vote_probs, weight))
     out: dict[str, Any] = {
         "queries": len(labels),
         "unknown_category": int((labels < 0).sum()),
         "model_top1": top1(model_probs) if has_model else float("nan"),
-        "search_top1": top1(vote_probs),
-        "fused_top1": top1(fuse(model_probs, vote_probs, weight)),
+        "search_top1": top1(vote_probs) if vote_probs is not None else float("nan"),
+        "fused_top1": fused_top1,
         "fusion_weight": weight,
     }
-    if has_model:
+    if has_model and vote_probs is not None:
         best, scores = tune_fusion_weight(model_probs, vote_probs, labels)
         out["by_weight"] = {f"{w:.2f}": s for w, s in scores.items()}
         out["best_weight_here"] = best
@@ -128,16 +135,18 @@ def quality_markdown(report: Mapping[str, Any]) -> str:
                 f"| baseline: pooled frozen backbone, photo -> {label} | {b['recall_at_1']:.3f} | "
                 f"{b['recall_at_5']:.3f} | {b['recall_at_10']:.3f} | {b['map_at_10']:.3f} |"
             )
-    cat = report["category"]
-    lines += [
-        "",
-        "| category top-1 | model | search (kNN vote) | fused |",
-        "|---|---:|---:|---:|",
-        f"| coarse | {cat['model_top1']:.3f} | {cat['search_top1']:.3f} | {cat['fused_top1']:.3f} |",
-    ]
-    if "fine_search_top1" in cat:
-        lines.append(f"| fine (product) | | {cat['fine_search_top1']:.3f} | |")
-    lines.append(f"\nFusion weight {cat['fusion_weight']:.2f} (model share).")
+    cat = report.get("category")
+    if cat:
+        lines += [
+            "",
+            "| category top-1 | model | search (kNN vote) | fused |",
+            "|---|---:|---:|---:|",
+            f"| coarse | {cat['model_top1']:.3f} | {cat['search_top1']:.3f} | "
+            f"{cat['fused_top1']:.3f} |",
+        ]
+        if "fine_search_top1" in cat:
+            lines.append(f"| fine (product) | | {cat['fine_search_top1']:.3f} | |")
+        lines.append(f"\nFusion weight {cat['fusion_weight']:.2f} (model share).")
     if "box" in report:
         lines.append(f"Subject box IoU: {report['box']['iou']:.3f}.")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ re-upload of the right product counts as finding the product.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -36,9 +36,18 @@ class RetrievalReport:
     ann_recall_at_10: float
     #: Recall@K for K = 1..10 through the binary index (for plots).
     recall_curve: list[float]
+    #: Per query, the pipeline's fused category probabilities ``(m, c)`` (the head's alone
+    #: without a vote) and the vote's (``None``: no vote); not in :meth:`as_dict`.
+    category_probs: np.ndarray | None = field(default=None, repr=False)
+    vote_probs: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, float | list[float]]:
-        return {k: v if isinstance(v, list) else float(v) for k, v in asdict(self).items()}
+        out: dict[str, float | list[float]] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name not in ("category_probs", "vote_probs"):
+                out[f.name] = v if isinstance(v, list) else float(v)
+        return out
 
 
 def canonical_ranking(
@@ -74,8 +83,10 @@ def evaluate_retrieval(
     ``catalog_meta`` has the index metadata columns (image_id, product_id, category, title,
     quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
     Every query goes through the service's query pipeline (:class:`QueryPipeline` with
-    ``policy``): routed by its ``category_probs`` row over ``category_names`` (none: every
-    shard), searched for the pipeline's over-fetch, and ranked into 10 products. ``index`` is
+    ``policy``): its ``category_probs`` row over ``category_names`` fused with the vote of its
+    nearest catalogue images, routed by the fused probabilities (no category model: every
+    shard), searched for the pipeline's over-fetch, and ranked into 10 products; the report
+    keeps each query's fused and vote probabilities. ``index`` is
     the index to search (e.g. a published version's shards, holding exactly ``catalog_meta``'s
     images); without one the shards are built here as the reindex job builds them (each
     shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned ones. The exact
@@ -103,10 +114,15 @@ def evaluate_retrieval(
         return canonical_ranking([p.product_id for p in answer], canonical, 10)
 
     approx_ranked = []
+    fused: list[np.ndarray] = []
+    votes: list[np.ndarray] = []
     for i, vector in enumerate(query_vectors):
         probs = category_probs[i] if category_probs is not None else none
         answer = pipeline.run({"embedding": vector, "category_probs": probs}, names, 10, search)
         approx_ranked.append(products(answer.products))
+        fused.append(answer.category_probs)
+        if answer.vote_probs is not None:
+            votes.append(answer.vote_probs)
     k_images = images_to_fetch(10)
     unrouted = np.full((len(query_vectors), k_images), -1, dtype=np.int64)
     for i, row_hits in enumerate(index.search(query_vectors, k_images, shortlist)):
@@ -130,6 +146,8 @@ def evaluate_retrieval(
         exact_recall_at_10=recall_at_k(exact_ranked, truth, 10),
         ann_recall_at_10=ann_recall(unrouted[:, :k_ann], exact_rows[:, :k_ann], k_ann),
         recall_curve=recall_curve(approx_ranked, truth),
+        category_probs=np.stack(fused) if category_probs is not None and fused else None,
+        vote_probs=np.stack(votes) if votes and len(votes) == len(fused) else None,
     )
 
 

@@ -1,6 +1,7 @@
 """Category prediction by fusion (Alibaba): the classifier's softmax fused with a similarity-
-weighted vote over the labelled neighbours a search returned. Serving and evaluation both call
-``predict_categories``, so their figures agree by construction.
+weighted vote over the labelled neighbours a search returned. Serving and evaluation both reach
+``predict_categories`` through :meth:`vsearch.rank.pipeline.QueryPipeline.categorise`, so their
+figures agree by construction.
 """
 
 from __future__ import annotations

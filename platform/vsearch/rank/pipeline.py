@@ -2,17 +2,19 @@
 offline evaluation so that their figures agree by construction.
 
     decode -> embed (one forward pass: embedding, subject box, category probabilities)
+      -> categorise: the category head's softmax fused with a kNN vote of the query's nearest
+         catalogue images over every shard (Alibaba's category prediction)
       -> plan: route to the shards of the most probable categories (a request's filter wins),
          and how many images each searcher returns for k products (the over-fetch policy)
       -> search: shortlist + rescore in each routed shard, per searcher
       -> rank: merge the searchers' hits, one row per product, similarity blended with quality
          and popularity, re-scored by the query's text for a hybrid query
 
-:meth:`QueryPipeline.plan` and :meth:`QueryPipeline.rank` are the policy; the stages in between
-run where the caller puts them (Serve deployments, or this process). :meth:`QueryPipeline.run`
-drives the whole sequence in one process from a prediction and a search function: evaluation
-and the in-process benchmarks call it, and the service's ingress and re-ranker call the same
-``plan`` and ``rank``.
+:meth:`QueryPipeline.categorise`, :meth:`QueryPipeline.plan` and :meth:`QueryPipeline.rank` are
+the policy; the stages in between run where the caller puts them (Serve deployments, or this
+process). :meth:`QueryPipeline.run` drives the whole sequence in one process from a prediction
+and a search function: evaluation and the in-process benchmarks call it, and the service's
+ingress and re-ranker call the same ``categorise``, ``plan`` and ``rank``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vsearch.index.searcher import Hit
 from vsearch.index.text import TextChannel
+from vsearch.rank.fusion import predict_categories
 from vsearch.rank.hybrid import rank_products
 from vsearch.rank.rerank import RankedProduct, Reranker
 from vsearch.rank.routing import images_to_fetch, route_categories
@@ -34,11 +37,17 @@ __all__ = ["QueryAnswer", "QueryPipeline", "QueryPlan", "QueryPolicy"]
 
 
 class QueryPolicy(BaseModel):
-    """Every setting of the query path, from the config (``category.route_*``, ``rank.*``,
+    """Every setting of the query path, from the config (``category.*``, ``rank.*``,
     ``serve.text_weight``): :meth:`of` builds it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: Category fusion: the head's softmax weighs ``fusion_weight``, the similarity-weighted
+    #: vote of the query's ``vote_neighbours`` nearest catalogue images (every shard searched,
+    #: softmax ``vote_temperature``) the rest; 0 neighbours: the head alone, no vote search.
+    fusion_weight: float = Field(0.5, ge=0, le=1)
+    vote_neighbours: int = Field(10, ge=0)
+    vote_temperature: float = Field(0.05, gt=0)
     #: Route to the most probable categories until their probability reaches ``route_mass``
     #: (at most ``route_max``); 0 searches every shard.
     route_mass: float = Field(0.9, ge=0, le=1)
@@ -53,6 +62,9 @@ class QueryPolicy(BaseModel):
     def of(cls, cfg: Any) -> QueryPolicy:
         """The policy of a :class:`vsearch.config.Config`."""
         return cls(
+            fusion_weight=cfg.category.fusion_weight,
+            vote_neighbours=cfg.category.vote_neighbours,
+            vote_temperature=cfg.category.vote_temperature,
             route_mass=cfg.category.route_mass,
             route_max=cfg.category.route_max,
             quality_weight=cfg.rank.quality_weight,
@@ -79,9 +91,13 @@ class QueryAnswer:
 
     plan: QueryPlan
     products: list[RankedProduct]
-    #: The category head's top class and its probability (None without a category head).
+    #: The predicted category (fused) and its probability (None without a category head).
     category: tuple[str, float] | None
     box: list[float]
+    #: The fused category probabilities the query was routed by (the head's alone without a
+    #: vote), and the vote's (None: no vote).
+    category_probs: np.ndarray
+    vote_probs: np.ndarray | None
 
 
 #: A search stage: (the query's embedding, its plan) -> the hit lists of the searchers asked.
@@ -94,6 +110,41 @@ class QueryPipeline:
     def __init__(self, policy: QueryPolicy) -> None:
         self.policy = policy
         self.reranker = Reranker(policy.quality_weight, policy.popularity_weight)
+
+    def votes(self, category_names: Sequence[str]) -> bool:
+        """Whether a query runs the vote search (a category model and ``vote_neighbours`` > 0)."""
+        return self.policy.vote_neighbours > 0 and len(category_names) > 0
+
+    def vote_plan(self) -> QueryPlan:
+        """The vote's search: the ``vote_neighbours`` nearest images over every shard."""
+        n = self.policy.vote_neighbours
+        return QueryPlan(n, None, "all", n, False)
+
+    def categorise(
+        self,
+        category_probs: np.ndarray,
+        category_names: Sequence[str],
+        vote_hits: Sequence[Sequence[Hit]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The fused category probabilities ``(c,)`` of one query and the vote's alone, from the
+        head's ``category_probs`` and the hit lists of :meth:`vote_plan`'s search (merged,
+        the best ``vote_neighbours`` vote)."""
+        probs = np.asarray(category_probs, dtype=np.float32).reshape(1, -1)
+        if probs.shape[1] != len(category_names):
+            raise ValueError(f"{probs.shape[1]} probabilities for {len(category_names)} categories")
+        merged = sorted(
+            (h for hits in vote_hits for h in hits), key=lambda h: (-h.score, h.shard, h.image_id)
+        )[: self.policy.vote_neighbours]
+        sims = np.asarray([[h.score for h in merged]], dtype=np.float32).reshape(1, len(merged))
+        fused, vote = predict_categories(
+            probs,
+            sims,
+            [[h.category for h in merged]],
+            category_names,
+            self.policy.fusion_weight,
+            self.policy.vote_temperature,
+        )
+        return fused[0], vote[0]
 
     def plan(
         self,
@@ -146,14 +197,23 @@ class QueryPipeline:
         channel: TextChannel | None = None,
     ) -> QueryAnswer:
         """The whole path in this process, from one photo's ``prediction`` (``embedding``,
-        ``category_probs``, ``box``: the query model's forward pass) and a ``search`` stage."""
-        probs = np.asarray(prediction["category_probs"]).reshape(-1)
+        ``category_probs``, ``box``: the query model's forward pass) and a ``search`` stage
+        (called twice with a vote: the vote's plan, then the routed one)."""
+        probs = np.asarray(prediction["category_probs"], dtype=np.float32).reshape(-1)
+        embedding = np.asarray(prediction["embedding"])
+        vote = None
+        if self.votes(category_names) and probs.size:
+            probs, vote = self.categorise(
+                probs, category_names, search(embedding, self.vote_plan())
+            )
         plan = self.plan(probs, category_names, k, categories, hybrid=text_vector is not None)
-        hit_lists = search(np.asarray(prediction["embedding"]), plan)
+        hit_lists = search(embedding, plan)
         top = int(np.argmax(probs)) if probs.size and len(category_names) else None
         return QueryAnswer(
             plan=plan,
             products=self.rank(plan, hit_lists, text_vector, channel),
             category=(category_names[top], float(probs[top])) if top is not None else None,
             box=[float(v) for v in np.asarray(prediction.get("box", [])).reshape(-1)],
+            category_probs=probs,
+            vote_probs=vote,
         )
