@@ -258,7 +258,7 @@ def main(
                 "baseline: catalogue",
             )
             c_pooled = _pooled(
-                embedder.feature_maps(c_images)[0], finish, "baseline: catalogue maps"
+                embedder.feature_maps(c_images, views=1)[0], finish, "baseline: catalogue maps"
             )
             c_products = ds.catalog.filter(pa.array(c_ok))["product_id"].to_pylist()
             q_pooled = _pooled(q_maps[0], finish, "baseline: query maps")

@@ -157,6 +157,14 @@ def test_the_box_view_joins_the_views_mean() -> None:
     crops: list[int] = []
     np.testing.assert_allclose(boxed.feature_maps(images, progress=crops.append), maps)
     assert sum(crops) == len(images) * maps.shape[0]
+    two = Embedder(net, ["a", "b"], views=(1.0, 0.6))
+    both = two.feature_maps(images)
+    crops.clear()  # the first view alone: one backbone pass per image
+    first_view = two.feature_maps(images, progress=crops.append, views=1)
+    assert both.shape[0] == 2 and first_view.shape[0] == 1 and sum(crops) == len(images)
+    np.testing.assert_allclose(first_view, both[:1])
+    with pytest.raises(ValueError, match="views must be between"):
+        two.feature_maps(images, views=0)
     assert boxed.predict_maps(maps[:, :0], images=[]).embeddings.shape == (0, 8)
     with pytest.raises(ValueError, match="no box view"):
         plain.box_maps(images, base.boxes)

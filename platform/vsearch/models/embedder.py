@@ -74,16 +74,23 @@ class Embedder:
 
     @torch.inference_mode()
     def feature_maps(
-        self, images: list[np.ndarray], progress: Callable[[int], None] | None = None
+        self,
+        images: list[np.ndarray],
+        progress: Callable[[int], None] | None = None,
+        views: int | None = None,
     ) -> np.ndarray:
         """Backbone maps of every centre-crop view: ``(views, n, C, g, g) float32`` (what the
-        cache stores; the box view, which depends on the heads, is not among them).
-        ``progress(m)`` is called as each batch of ``m`` crops has run (``views x n`` in all)."""
+        cache stores; the box view, which depends on the heads, is not among them), or of the
+        first ``views`` only. ``progress(m)`` is called as each batch of ``m`` crops has run
+        (``views x n`` in all)."""
+        fractions = self.views if views is None else self.views[:views]
+        if not fractions:
+            raise ValueError(f"views must be between 1 and {len(self.views)}, got {views}")
         spec = self.network.map_spec
         out = np.empty(
-            (len(self.views), len(images), spec.channels, spec.grid, spec.grid), dtype=np.float32
+            (len(fractions), len(images), spec.channels, spec.grid, spec.grid), dtype=np.float32
         )
-        for v, fraction in enumerate(self.views):
+        for v, fraction in enumerate(fractions):
             out[v] = self._backbone([centre_crop(i, fraction) for i in images], progress)
         return out
 
