@@ -17,7 +17,7 @@ from serve.client import SearchClient
 from vsearch.config import Config
 from vsearch.eval.metrics import latency_summary, mean_average_precision, recall_at_k
 from vsearch.eval.plots import recall_and_latency_figure
-from vsearch.eval.retrieval import canonical_ranking, recall_curve
+from vsearch.eval.retrieval import PRODUCTS_ASKED, canonical_ranking, recall_curve
 from vsearch.models.registry import backend_of
 from vsearch.runtime.cluster import ray_session
 from vsearch.storage.artifacts import new_version
@@ -38,9 +38,9 @@ def query_over_http(cfg: Config, client: SearchClient, warmup: int = 3) -> dict[
     with progress(len(payloads), "querying over HTTP", "query") as bar:
         for data in payloads:
             began = time.perf_counter()
-            # Ask for more than 10: folding duplicate listings into their product can shorten the
-            # list, and the offline evaluation folds before it cuts at 10 too.
-            resp = client.search(data, k=20)
+            # As many as the offline evaluation asks for: folding duplicate listings into their
+            # product can shorten the list, so both fold before they cut at 10.
+            resp = client.search(data, k=PRODUCTS_ASKED)
             latencies.append(time.perf_counter() - began)
             bar.update(1)
             if resp.status_code != 200:

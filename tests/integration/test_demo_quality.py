@@ -49,7 +49,8 @@ def test_demo_with_the_pretrained_backbone_clears_the_floor(tmp_path: Path) -> N
     assert offline["backbone"] == "xception_onnx (frozen) + box view"
     # The service and the offline evaluation run the same code: their figures agree.
     assert http["failed_requests"] == 0
-    assert http["recall_at_1"] == pytest.approx(trained["recall_at_1"])
+    for key in ("recall_at_1", "recall_at_10", "map_at_10"):
+        assert http[key] == pytest.approx(trained[key]), key
     # Floors: about 70% of what this configuration measured here (2026-11-30), see the constants.
     assert trained["recall_at_1"] >= FLOOR_R1
     assert trained["map_at_10"] >= pooled["map_at_10"] + FLOOR_MAP_GAIN

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from vsearch.eval.quality import category_report
-from vsearch.eval.retrieval import canonical_ranking, evaluate_retrieval
+from vsearch.eval.retrieval import PRODUCTS_ASKED, canonical_ranking, evaluate_retrieval
 from vsearch.rank.pipeline import QueryPolicy
 
 
@@ -113,3 +113,23 @@ def test_category_report_without_a_vote_is_the_head_alone() -> None:
     assert with_vote["search_top1"] == pytest.approx(2 / 3) and "by_weight" in with_vote
     with pytest.raises(ValueError, match="nothing predicts a category"):
         category_report(["a"], [], np.zeros((1, 0), np.float32), None, 0.5)
+
+
+def test_duplicates_folded_before_the_cut_at_10_do_not_push_the_product_out() -> None:
+    # The query's ranking: p0, its three duplicate listings, p4 ... p9, then the true p10.
+    # Ten products asked for and then folded would leave seven and miss p10 (as the service
+    # asked for PRODUCTS_ASKED does not).
+    dim = 16
+    catalog = np.zeros((12, dim), np.float32)
+    for i in range(12):
+        angle = 0.05 * (i + 1)
+        catalog[i, 0], catalog[i, i + 1] = np.cos(angle), np.sin(angle)
+    products = [f"p{i}" for i in range(12)]
+    meta = _meta(products, ["a"] * 12)
+    query = np.eye(dim, dtype=np.float32)[:1]
+    dups = {"p1": "p0", "p2": "p0", "p3": "p0"}
+    report = evaluate_retrieval(query, ["p10"], catalog, meta, dups, shortlist=12,
+                                rescore_dtype="float32")  # fmt: skip
+    assert PRODUCTS_ASKED > 10
+    assert report.recall_at_10 == report.exact_recall_at_10 == 1.0
+    assert report.recall_curve[6] == 0.0 and report.recall_curve[7] == 1.0  # p10 is 8th

@@ -20,6 +20,11 @@ from vsearch.index.tuning import TuningSpec
 from vsearch.rank.pipeline import QueryPipeline, QueryPlan, QueryPolicy
 from vsearch.rank.routing import images_to_fetch
 
+#: Products asked of the query pipeline per query. Folding duplicate listings into the product
+#: they copy can shorten a ranking, so more than the 10 that are scored are asked for (the
+#: demo asks the service for as many, so its HTTP figures are these).
+PRODUCTS_ASKED = 20
+
 
 @dataclass
 class RetrievalReport:
@@ -85,10 +90,10 @@ def evaluate_retrieval(
     Every query goes through the service's query pipeline (:class:`QueryPipeline` with
     ``policy``): its ``category_probs`` row over ``category_names`` fused with the vote of its
     nearest catalogue images, routed by the fused probabilities (no category model: every
-    shard), searched for the pipeline's over-fetch, and ranked into 10 products; the report
-    keeps each query's fused and vote probabilities. ``index`` is
-    the index to search (e.g. a published version's shards, holding exactly ``catalog_meta``'s
-    images); without one the shards are built here as the reindex job builds them (each
+    shard), searched for the pipeline's over-fetch, and ranked into ``PRODUCTS_ASKED`` products,
+    folded and cut at 10; the report keeps each query's fused and vote probabilities. ``index``
+    is the index to search (e.g. a published version's shards, holding exactly
+    ``catalog_meta``'s images); without one the shards are built here as the reindex job builds them (each
     shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned ones. The exact
     reference ranks exact search's images through the same pipeline, unrouted; the index's
     recall against exact search is measured unrouted, image by image.
@@ -118,18 +123,20 @@ def evaluate_retrieval(
     votes: list[np.ndarray] = []
     for i, vector in enumerate(query_vectors):
         probs = category_probs[i] if category_probs is not None else none
-        answer = pipeline.run({"embedding": vector, "category_probs": probs}, names, 10, search)
+        answer = pipeline.run(
+            {"embedding": vector, "category_probs": probs}, names, PRODUCTS_ASKED, search
+        )
         approx_ranked.append(products(answer.products))
         fused.append(answer.category_probs)
         if answer.vote_probs is not None:
             votes.append(answer.vote_probs)
-    k_images = images_to_fetch(10)
+    k_images = images_to_fetch(PRODUCTS_ASKED)
     unrouted = np.full((len(query_vectors), k_images), -1, dtype=np.int64)
     for i, row_hits in enumerate(index.search(query_vectors, k_images, shortlist)):
         for j, hit in enumerate(row_hits):
             unrouted[i, j] = row_of_image[hit.image_id]
     exact_scores, exact_rows = exact_topk(query_vectors, catalog_vectors, k_images)
-    everywhere = pipeline.plan(none, (), 10)
+    everywhere = pipeline.plan(none, (), PRODUCTS_ASKED)
     exact_ranked = [
         products(pipeline.rank(everywhere, [_hits(catalog_meta, rows, scores)]))
         for rows, scores in zip(exact_rows, exact_scores, strict=True)
