@@ -202,6 +202,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-requests", type=int, default=2000, help="per client")
+    parser.add_argument(
+        "--vote-neighbours", type=int, default=None,
+        help="category.vote_neighbours (default: the demo config's; 0: no vote search)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_serve.md")
     parser.add_argument(
         "--no-baseline", action="store_true",
@@ -212,7 +216,8 @@ def main() -> None:
         cfg = load_config(REPO / "configs" / "demo.yaml", [
             f"storage={tmp}", f"model.arch={args.arch}", "serve.rate_limit_per_s=0",
             "serve.reload_interval_s=0", "ray.num_cpus=2",
-        ])  # fmt: skip
+        ] + ([] if args.vote_neighbours is None else
+             [f"category.vote_neighbours={args.vote_neighbours}"]))  # fmt: skip
         built, embedder = publish_synthetic_index(cfg, args.n)
         photos = _photos(16)
 
@@ -221,7 +226,7 @@ def main() -> None:
         pipeline = QueryPipeline(QueryPolicy.of(cfg))
 
         def search(vector: np.ndarray, plan: QueryPlan) -> list:
-            return [index.search(vector[None], plan.images, None, plan.categories)[0]]
+            return [index.search(vector[None], plan.images, plan.shortlist, plan.categories)[0]]
 
         local = []
         for i in range(200):
@@ -249,8 +254,10 @@ def main() -> None:
         f"{args.n} catalogue vectors in 6 category shards; query model {args.arch} (untrained, "
         f"{embedder.dim}-d); 2 CPUs; 127.0.0.1; {args.seconds:.0f} s per level; "
         f"serve.throughput_optimized {cfg.serve.throughput_optimized}, searchers "
-        f"{cfg.serve.searchers}.\n",
-        f"In process (decode + embed + route + search + re-rank, one query at a time): "
+        f"{cfg.serve.searchers}; category.vote_neighbours {cfg.category.vote_neighbours} (the "
+        f"category vote's search over every shard, {cfg.category.vote_shortlist} candidates "
+        "rescored per shard; 0: none).\n",
+        f"In process (decode + embed + vote + route + search + re-rank, one query at a time): "
         f"p50 **{local_p50:.1f} ms**.\n",
         "| clients | requests | failed | QPS | p50 ms | p99 ms | p50 added by the graph ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",

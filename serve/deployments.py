@@ -664,7 +664,7 @@ class SearchIngress:
             for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
             if cats and (wanted is None or cats.intersection(wanted))
         ]
-        shortlist = self.args.shortlist
+        shortlist = plan.shortlist_or(self.args.shortlist)
         answers = await asyncio.gather(
             *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted)
               for s in targets)

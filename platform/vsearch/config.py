@@ -284,6 +284,9 @@ class CategoryConfig(_Strict):
     #: search; 0: no vote, the head alone), and the softmax temperature of their similarities.
     vote_neighbours: int = Field(10, ge=0)
     vote_temperature: float = Field(0.05, gt=0)
+    #: Candidates each shard rescores for the vote's search (every shard is searched, so it
+    #: does not take the shards' tuned shortlists, which aim at recall@10 >= 0.95).
+    vote_shortlist: int = Field(64, ge=1)
     #: Routing (service and evaluation alike): a query is searched in the shards of its most
     #: probable categories (the fused prediction) until their probability reaches
     #: ``route_mass``, at most ``route_max`` of them; 0 searches every shard. A request's

@@ -105,7 +105,7 @@ def test_the_vote_of_the_nearest_images_fuses_with_the_head_and_routes_the_searc
 
     def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
         asked.append(plan)
-        return [index.search(vector[None], plan.images, None, plan.categories)[0]]
+        return [index.search(vector[None], plan.images, plan.shortlist, plan.categories)[0]]
 
     pipe = QueryPipeline(QueryPolicy(route_mass=0.5, route_max=1, fusion_weight=0.5))
     # The photo is catalogue image 0 ("bags"), but the head leans to "drinks".
@@ -113,11 +113,12 @@ def test_the_vote_of_the_nearest_images_fuses_with_the_head_and_routes_the_searc
     answer = pipe.run(pred, NAMES, 3, search)
     vote_plan = asked[0]
     assert vote_plan.categories is None and vote_plan.images == 10  # every shard, 10 voters
+    assert vote_plan.shortlist == 64 and asked[1].shortlist is None  # the routed: tuned
     assert asked[1].categories == ["bags"] and answer.plan.routed_by == "model"
     assert answer.vote_probs is not None and answer.vote_probs.argmax() == 0
     assert answer.category is not None and answer.category[0] == "bags"
     # The fusion is exactly the core function's, on the vote search's hits.
-    hits = index.search(x[0][None], 10, None, None)[0]
+    hits = index.search(x[0][None], 10, 64, None)[0]
     fused, vote = predict_categories(
         np.array([[0.3, 0.6, 0.1]], np.float32), np.array([[h.score for h in hits]]),
         [[h.category for h in hits]], NAMES, 0.5, 0.05,

@@ -113,7 +113,11 @@ def evaluate_retrieval(
     none = np.zeros(0, dtype=np.float32)
 
     def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
-        return [index.search(vector.reshape(1, -1), plan.images, shortlist, plan.categories)[0]]
+        return [
+            index.search(
+                vector.reshape(1, -1), plan.images, plan.shortlist_or(shortlist), plan.categories
+            )[0]
+        ]
 
     def products(answer: list) -> list[str]:
         return canonical_ranking([p.product_id for p in answer], canonical, 10)

@@ -44,10 +44,12 @@ class QueryPolicy(BaseModel):
 
     #: Category fusion: the head's softmax weighs ``fusion_weight``, the similarity-weighted
     #: vote of the query's ``vote_neighbours`` nearest catalogue images (every shard searched,
-    #: softmax ``vote_temperature``) the rest; 0 neighbours: the head alone, no vote search.
+    #: ``vote_shortlist`` candidates rescored per shard, softmax ``vote_temperature``) the
+    #: rest; 0 neighbours: the head alone, no vote search.
     fusion_weight: float = Field(0.5, ge=0, le=1)
     vote_neighbours: int = Field(10, ge=0)
     vote_temperature: float = Field(0.05, gt=0)
+    vote_shortlist: int = Field(64, ge=1)
     #: Route to the most probable categories until their probability reaches ``route_mass``
     #: (at most ``route_max``); 0 searches every shard.
     route_mass: float = Field(0.9, ge=0, le=1)
@@ -65,6 +67,7 @@ class QueryPolicy(BaseModel):
             fusion_weight=cfg.category.fusion_weight,
             vote_neighbours=cfg.category.vote_neighbours,
             vote_temperature=cfg.category.vote_temperature,
+            vote_shortlist=cfg.category.vote_shortlist,
             route_mass=cfg.category.route_mass,
             route_max=cfg.category.route_max,
             quality_weight=cfg.rank.quality_weight,
@@ -76,13 +79,19 @@ class QueryPolicy(BaseModel):
 @dataclass(frozen=True)
 class QueryPlan:
     """What one query searches: ``k`` products from ``images`` images per searcher in the
-    shards of ``categories`` (None: all), and why (``routed_by``)."""
+    shards of ``categories`` (None: all), and why (``routed_by``); ``shortlist``: candidates
+    rescored per shard (None: each shard's tuned one, or the caller's override)."""
 
     k: int
     categories: list[str] | None
     routed_by: Literal["request", "model", "all"]
     images: int
     hybrid: bool
+    shortlist: int | None = None
+
+    def shortlist_or(self, default: int | None) -> int | None:
+        """This plan's shortlist, else ``default`` (a caller's ``index.shortlist``)."""
+        return self.shortlist if self.shortlist is not None else default
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,11 @@ class QueryPipeline:
         return self.policy.vote_neighbours > 0 and len(category_names) > 0
 
     def vote_plan(self) -> QueryPlan:
-        """The vote's search: the ``vote_neighbours`` nearest images over every shard."""
+        """The vote's search: the ``vote_neighbours`` nearest images over every shard, each
+        shard rescoring ``vote_shortlist`` candidates (neighbours that vote need to be near,
+        not exact, and every shard is searched)."""
         n = self.policy.vote_neighbours
-        return QueryPlan(n, None, "all", n, False)
+        return QueryPlan(n, None, "all", n, False, self.policy.vote_shortlist)
 
     def categorise(
         self,
