@@ -93,8 +93,9 @@ def evaluate_retrieval(
     shard), searched for the pipeline's over-fetch, and ranked into ``PRODUCTS_ASKED`` products,
     folded and cut at 10; the report keeps each query's fused and vote probabilities. ``index``
     is the index to search (e.g. a published version's shards, holding exactly
-    ``catalog_meta``'s images); without one the shards are built here as the reindex job builds them (each
-    shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned ones. The exact
+    ``catalog_meta``'s images); without one the shards are built here as the reindex job
+    builds them (each shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned
+    ones (a plan's own shortlist, the category vote's, wins over it). The exact
     reference ranks exact search's images through the same pipeline, unrouted; the index's
     recall against exact search is measured unrouted, image by image.
     """
