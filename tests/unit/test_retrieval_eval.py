@@ -29,13 +29,18 @@ def test_canonical_ranking_folds_duplicates() -> None:
     assert canonical_ranking(ranked, {}, 2) == ["d1", "p2"]
 
 
-def test_perfect_and_shifted_queries() -> None:
-    rng = np.random.default_rng(0)
-    n = 40
+def _two_halves(seed: int, n: int = 40) -> tuple[np.ndarray, list[str], pa.Table]:
+    """``n`` random unit vectors, one product each, in categories "a" (first half) and "b"."""
+    rng = np.random.default_rng(seed)
     catalog = rng.normal(size=(n, 32)).astype(np.float32)
     catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
     products = [f"p{i}" for i in range(n)]
-    meta = _meta(products, ["a" if i < 20 else "b" for i in range(n)])
+    return catalog, products, _meta(products, ["a" if i < n // 2 else "b" for i in range(n)])
+
+
+def test_perfect_and_shifted_queries() -> None:
+    n = 40
+    catalog, products, meta = _two_halves(0, n)
     # Queries equal to their catalogue vectors: everything is found first (float32 rescoring,
     # so that the index's top 10 is exact search's to the last near-tie).
     report = evaluate_retrieval(
@@ -84,12 +89,8 @@ def test_report_figure_is_a_png() -> None:
 def test_queries_are_categorised_and_routed_by_the_fused_prediction() -> None:
     # Catalogue "a" and "b" halves; the head says "b" for every query of "a", half-sure. The
     # vote of the nearest images (the query's own) wins the fusion and routes the search.
-    rng = np.random.default_rng(2)
     n = 40
-    catalog = rng.normal(size=(n, 32)).astype(np.float32)
-    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
-    products = [f"p{i}" for i in range(n)]
-    meta = _meta(products, ["a" if i < 20 else "b" for i in range(n)])
+    catalog, products, meta = _two_halves(2, n)
     head = np.tile(np.array([[0.4, 0.6]], np.float32), (10, 1))
     args = {"shortlist": n, "rescore_dtype": "float32", "category_names": ["a", "b"]}
     fused = evaluate_retrieval(catalog[:10], products[:10], catalog, meta,
