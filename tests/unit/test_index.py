@@ -187,6 +187,43 @@ def test_faiss_rescoring_matches_numpy_rescoring(engine: str, dtype: str) -> Non
     np.testing.assert_array_equal(rows.astype(np.float32), expected)
 
 
+@pytest.mark.parametrize("engine", ["bflat", "pq"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_shortlist_covering_the_shard_is_one_exact_scan(engine: str, dtype: str) -> None:
+    # The FAISS scan of the rescoring rows against numpy rescoring every row (the twin has no
+    # rows index): same rows and scores, ties in row order, tombstones skipped, padding.
+    x, q = _clustered(seed=12, n=1500, d=32, clusters=20, nq=30)
+    x[[20, 35, 41]] = x[7]  # exact duplicates: equal scores, to be ordered by row
+    q[0] = x[7]
+    shard = ShardIndex.build("e", x, _meta(1500), ivf_above=1000 if engine == "pq" else None,
+                             rescore_dtype=dtype)  # fmt: skip
+    twin = _numpy_rows_twin(shard)
+    calls = []
+    scan = shard._rows_index.search_c
+    shard._rows_index.search_c = lambda *a: calls.append(a[0]) or scan(*a)
+    for deleted in ([], [3, 20, 999]):
+        shard.set_deleted(deleted)
+        twin.set_deleted(deleted)
+        for k in (10, 1):
+            fast, slow = shard.search(q[1:], k, 1500), twin.search(q[1:], k, 1500)
+            np.testing.assert_array_equal(fast[1], slow[1])
+            np.testing.assert_allclose(fast[0], slow[0], atol=1e-6)
+            one = shard.search(q[1:2], k, 1500)  # one query: the service's path
+            np.testing.assert_array_equal(one[1], slow[1][:1])
+        assert not set(shard.search(q, 10, 1500)[1].ravel().tolist()) & set(deleted)
+    assert len(calls) == 2 * 5  # every search above was the scan (none fell back)
+    shard.set_deleted([20])
+    # Equal scores in row order; a tie across the cut keeps the lowest rows (numpy's path).
+    assert shard.search(q[:1], 5, 1500)[1][0, :3].tolist() == [7, 35, 41]
+    assert shard.search(q[:1], 2, 1500)[1][0].tolist() == [7, 35]
+    # k past the rows left: padded with -inf / -1.
+    small = ShardIndex.build("s", x[:6], _meta(6), rescore_dtype=dtype)
+    small.set_deleted([1])
+    scores, ids = small.search(x[:2], 8, 6)
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+    assert sorted(ids[1, :5].tolist()) == [0, 2, 3, 4, 5]
+
+
 def test_shard_recall_grows_with_shortlist() -> None:
     x, q = _clustered(seed=3)
     shard = ShardIndex.build("clustered", x, _meta(len(x)))

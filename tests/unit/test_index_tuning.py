@@ -77,9 +77,9 @@ def test_noisy_probes_are_near_their_rows_but_not_on_them() -> None:
 def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
     shard = ShardIndex.build("s", _clustered(4000), _meta(4000))
     spec = TuningSpec(target=0.9, k=10, probes=200, seed=0)
-    tuned = tune_search(shard, spec)
+    tuned = tune_search(shard, spec, exhaustive=False)  # the code shortlist itself
     assert tuned.reached and tuned.recall >= 0.9 and tuned.probes == 200
-    assert 10 <= tuned.shortlist < 4000  # cheaper than exhaustive search
+    assert 10 <= tuned.shortlist < 4000
     # Held out: other probes (another seed) still reach about the target.
     rows, held_out = probe_queries(shard.float_rows(), 300, 0.0, seed=7)
     assert _recall(shard, rows, held_out, 10, tuned.shortlist) >= 0.87
@@ -89,7 +89,9 @@ def test_tuned_shortlist_reaches_its_target_on_held_out_probes() -> None:
     if smaller:
         assert _recall(shard, rows, probes, 10, smaller[-1]) < 0.9
     # Noisier probes are harder: they need at least as long a shortlist.
-    noisy = tune_search(shard, TuningSpec(target=0.9, k=10, probes=200, noise=1.0))
+    noisy = tune_search(
+        shard, TuningSpec(target=0.9, k=10, probes=200, noise=1.0), exhaustive=False
+    )
     assert noisy.shortlist >= tuned.shortlist
 
 
@@ -98,8 +100,13 @@ def test_small_shard_is_searched_exhaustively_and_unreachable_target_is_reported
     tuned = tune_search(small, TuningSpec(target=1.0))
     assert tuned.reached and tuned.recall == 1.0 and tuned.shortlist <= 30
     big = ShardIndex.build("b", _clustered(3000, seed=1), _meta(3000))
-    capped = tune_search(big, TuningSpec(target=1.0, probes=50), shortlists=(10, 16))
+    spec = TuningSpec(target=1.0, probes=50)
+    capped = tune_search(big, spec, shortlists=(10, 16), exhaustive=False)
     assert not capped.reached and capped.shortlist == 16 and capped.recall < 1.0
+    # Where the shortlists tried fall short, an exact scan of the whole shard reaches it.
+    whole = tune_search(big, spec, shortlists=(10, 16))
+    assert whole.reached and whole.shortlist == 3000 and whole.recall == 1.0
+    assert big.shortlist == 3000
 
 
 def test_built_shards_carry_their_tuning_into_search_and_manifest() -> None:
@@ -136,7 +143,7 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     assert shard.engine.startswith(prefix) and shard.nprobe is not None
     assert shard.resident_bytes < shard.disk_bytes  # codes are smaller than the rescoring rows
     assert ShardIndex.build("f", x[:100], _meta(100), ivf_above=5000).engine == "BFlat"
-    tuned = tune_search(shard, TuningSpec(target=0.9, probes=150))
+    tuned = tune_search(shard, TuningSpec(target=0.9, probes=150), exhaustive=False)
     assert tuned.reached and tuned.nprobe is not None and tuned.recall >= 0.9
     assert (shard.shortlist, shard.nprobe) == (tuned.shortlist, tuned.nprobe)
     rows, held_out = probe_queries(shard.float_rows(), 300, 0.0, seed=9)

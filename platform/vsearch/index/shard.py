@@ -250,8 +250,9 @@ class ShardIndex:
         self._gpu_index: faiss.IndexBinary | None = None
         self._binary = isinstance(index, faiss.IndexBinary)
         if isinstance(index, faiss.IndexIVFFastScan):
-            # FastScan's variant 10 keeps the shortlist in a reservoir instead of a heap: same
-            # results, 15-17% less search time at shortlists of 128-256 (1M vectors, 1 thread).
+            # FastScan's variant 10 keeps the shortlist in a heap and scans query by query; the
+            # default for shortlists over 20 (13: a reservoir, queries batched) gave the same
+            # results in 15-17% more search time at shortlists of 128-256 (1M vectors, 1 thread).
             index.implem = _FASTSCAN_IMPLEM
         #: Inverted lists a float-code (PQ, RaBitQ) search probes; binary IVFs keep theirs inside.
         self._float_nprobe = 1
@@ -511,6 +512,12 @@ class ShardIndex:
                 np.full((m, k), -np.inf, dtype=np.float32),
                 np.full((m, k), -1, dtype=np.int64),
             )
+        if n_cand >= len(self) and self._rows_index is not None and nonzero:
+            # The shortlist covers the shard: one exhaustive scan of the rescoring rows costs a
+            # fraction of ranking every row by its code and gathering them all to rescore.
+            found = self._search_exhaustive(queries, k)
+            if found is not None:
+                return found
         if self._refine is not None and self._deleted is None and nonzero:
             found = self._search_refined(queries, k, n_cand, nprobe)
             if found is not None:
@@ -588,6 +595,37 @@ class ShardIndex:
             pad = k - kk
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, rows
+
+    def _search_exhaustive(
+        self, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`search` as one exact FAISS scan of the rescoring rows (the rows index), for
+        a shortlist that covers the shard. Tombstoned rows are dropped from a result asked for
+        that many places deeper; equal scores inside the top ``k`` are put in row order, and
+        None (the candidate path instead) is returned when the ``k``-th score ties with the
+        next one. ``queries``: unit rows."""
+        n, m = len(self), len(queries)
+        kk = min(k + 1 + self._tombstones, n)
+        scores = np.empty((m, kk), dtype=np.float32)
+        rows = np.empty((m, kk), dtype=np.int64)
+        self._rows_index.search_c(  # type: ignore[union-attr]
+            m, faiss.swig_ptr(queries), kk, faiss.swig_ptr(scores), faiss.swig_ptr(rows)
+        )
+        missing = rows < 0
+        if self._deleted is not None:
+            missing |= self._deleted[np.maximum(rows, 0)]
+        # Found rows by descending score, equal scores by row; dropped places last.
+        order = np.lexsort((np.where(missing, n, rows), -np.where(missing, -np.inf, scores)))
+        scores = np.take_along_axis(np.where(missing, np.float32(-np.inf), scores), order, 1)
+        rows = np.take_along_axis(np.where(missing, -1, rows), order, 1)
+        if kk > k:
+            if np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
+                return None  # a tie across the cut: which rows win needs every equal score
+            scores, rows = scores[:, :k], rows[:, :k]
+        elif kk < k:  # a shard smaller than k
+            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, k - kk)), constant_values=-1)
         return scores, rows
 
     def _candidates(self, queries: np.ndarray, n_cand: int, nprobe: int | None) -> np.ndarray:

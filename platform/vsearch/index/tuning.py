@@ -4,7 +4,8 @@ At build time a shard draws held-out probe queries: some of its own vectors, eac
 against the other rows (its own row left out of the results), optionally moved by noise scaled to
 its neighbourhood. Exact inner-product search over the shard is the ground truth; the tuning picks
 the smallest Hamming shortlist whose float rescoring returns at least ``target`` of the exact
-top-``k``. The manifest records the shortlist and the recall it measured; searchers read them.
+top-``k``, unless an exact scan of the shard's rows (a shortlist of the whole shard) is faster.
+The manifest records the shortlist and the recall it measured; searchers read them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ NPROBES: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96
 SHORTLISTS: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
                                1536, 2048, 4096)  # fmt: skip
 
+
+#: Probes an exhaustive search is first timed on, to tell whether it could beat the tuned one.
+_EXHAUSTIVE_TRIAL = 20
 
 #: The defaults of a spec are the index config's (one place for the policy).
 _INDEX_DEFAULTS = IndexConfig()
@@ -170,15 +174,19 @@ def tune_search(
     spec: TuningSpec,
     shortlists: tuple[int, ...] = SHORTLISTS,
     nprobes: tuple[int, ...] = NPROBES,
+    exhaustive: bool = True,
 ) -> Tuning:
     """The cheapest search settings of the shard that reach ``spec.target`` recall@k on its
     held-out probe queries (exact search as truth), applied to the shard.
 
     A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. An
     inverted-file shard ("BIVF" or RaBitQ) gets, over ``nprobes``, the smallest such shortlist
-    for each number of lists probed and keeps the pair whose probes ran fastest. When nothing
-    reaches the target the largest settings tried are kept and ``reached`` is False. A probe's
-    own row is left out of both result lists (searched one deeper for it).
+    for each number of lists probed and keeps the pair whose probes ran fastest. Either way a
+    shortlist of the whole shard (``len(shard)``: the search is then one exact scan of the
+    rescoring rows) replaces those settings when its probes run faster, or when they fall
+    short of the target (``exhaustive=False``: never). When nothing reaches the target the
+    largest settings tried are kept and ``reached`` is False. A probe's own row is left out of
+    both result lists (searched one deeper for it).
     """
     n = len(shard)
     if n <= 1:
@@ -203,6 +211,32 @@ def tune_search(
             if reached
             else max(found, key=lambda t: t.recall)
         )
+    if exhaustive:
+        best = _exhaustive_if_cheaper(shard, rows, probes, truth, spec, best)
     shard.shortlist = best.shortlist
     shard.nprobe = best.nprobe
     return best
+
+
+def _exhaustive_if_cheaper(
+    shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, truth: np.ndarray,
+    spec: TuningSpec, best: Tuning,
+) -> Tuning:  # fmt: skip
+    """``best``, or a shortlist of the whole shard (an exact scan of its rescoring rows) when
+    that is what reaches the target or its probes run faster. Timed first on a few probes, so
+    a shard whose tuned search is far cheaper pays for only those."""
+    n = len(shard)
+    if best.shortlist >= n:
+        return best
+    few = min(len(probes), _EXHAUSTIVE_TRIAL)
+    _, seconds = _held_out_recall(
+        shard, rows[:few], probes[:few], truth[:few], spec.k, n, best.nprobe
+    )
+    if best.reached and seconds * len(probes) / few >= best.probe_seconds:
+        return best
+    recall, seconds = _held_out_recall(shard, rows, probes, truth, spec.k, n, best.nprobe)
+    if best.reached and (recall < spec.target or seconds >= best.probe_seconds):
+        return best
+    return Tuning(
+        n, recall, spec.k, len(probes), spec.target, recall >= spec.target, best.nprobe, seconds
+    )
