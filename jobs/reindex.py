@@ -69,6 +69,9 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
             **{f"  skipped: {k}": v for k, v in staged.error_counts().items()},
             "shards": len(manifest.shards),
             "tuned shortlists (min-max)": _span([e.shortlist for e in manifest.shards]),
+            "shards searched by one exact scan": sum(
+                e.shortlist is not None and e.shortlist >= e.count for e in manifest.shards
+            ),
             f"probe recall@{cfg.index.recall_k}, lowest shard (target {cfg.index.recall_target})": (
                 min((e.recall for e in manifest.shards if e.recall is not None), default=1.0)
             ),
