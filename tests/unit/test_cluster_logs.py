@@ -67,22 +67,24 @@ def test_a_serving_session_starts_ray_with_serves_throughput_settings(monkeypatc
     import ray
 
     from vsearch.config import RayConfig, ServeConfig
-    from vsearch.runtime.cluster import ray_session, serve_env
+    from vsearch.runtime.cluster import LOCAL_SERVE_ENV, ray_session, serve_env
 
     @ray.remote(num_cpus=0.1)
     def seen() -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
 
-    for key in serve_env(ServeConfig()):
+    for key in serve_env(ServeConfig()) | LOCAL_SERVE_ENV:
         monkeypatch.delenv(key, raising=False)
     with ray_session(RayConfig(num_cpus=1), ServeConfig()):
         got = ray.get(seen.remote())
-    assert got == serve_env(ServeConfig())
+    assert got == serve_env(ServeConfig()) | LOCAL_SERVE_ENV
     assert got["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "1"
     assert got["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
     # Only the processes Ray started got them; the driver's environment is as it was.
     assert not any(key in os.environ for key in got)
     with ray_session(RayConfig(num_cpus=1), ServeConfig(throughput_optimized=False)):
+        assert ray.get(seen.remote()) == LOCAL_SERVE_ENV
+    with ray_session(RayConfig(num_cpus=1)):  # no service: no Serve settings
         assert ray.get(seen.remote()) == {}
 
 

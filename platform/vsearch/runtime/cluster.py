@@ -71,6 +71,12 @@ def serve_env(cfg: ServeConfig | None) -> dict[str, str]:
     }
 
 
+#: Environment of a private local cluster that runs the service: on 2 busy cores a replica that
+#: loads a model (the re-ranker's MiniLM, the ONNX backbone) takes 30-40 s to start while the
+#: others start beside it, and Serve would warn about every one after 30 s.
+LOCAL_SERVE_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "120"}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``host`` a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -110,8 +116,8 @@ def ray_session(cfg: RayConfig, serve: ServeConfig | None = None) -> Iterator[No
     ``address="local"`` always starts a new private cluster with ``num_cpus`` CPUs, unless the
     job was submitted with ``ray job submit`` (then it joins the cluster it runs on); any other
     address joins that cluster. A session that will run the service passes ``serve``: a private
-    cluster then starts with its Serve settings (:func:`serve_env`; values already in the
-    environment win).
+    cluster then starts with its Serve settings (:func:`serve_env`, and
+    :data:`LOCAL_SERVE_ENV`; values already in the environment win).
     """
     if ray.is_initialized():
         yield
@@ -138,7 +144,7 @@ def ray_session(cfg: RayConfig, serve: ServeConfig | None = None) -> Iterator[No
         if cfg.object_store_memory:
             kwargs["object_store_memory"] = cfg.object_store_memory
     # A running cluster's processes have their environment already.
-    wanted = serve_env(serve) if address == "local" else {}
+    wanted = serve_env(serve) | LOCAL_SERVE_ENV if address == "local" and serve is not None else {}
     extra = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(extra)  # inherited by the processes Ray starts, and only by them
     try:
