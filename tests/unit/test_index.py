@@ -211,9 +211,9 @@ def test_a_shortlist_covering_the_shard_is_one_exact_scan(engine: str, dtype: st
             one = shard.search(q[1:2], k, 1500)  # one query: the service's path
             np.testing.assert_array_equal(one[1], slow[1][:1])
         assert not set(shard.search(q, 10, 1500)[1].ravel().tolist()) & set(deleted)
-    assert len(calls) == 2 * 5  # every search above was the scan (none fell back)
+    assert len(calls) == 2 * 5  # every search above was one scan (no ties to look past)
     shard.set_deleted([20])
-    # Equal scores in row order; a tie across the cut keeps the lowest rows (numpy's path).
+    # Equal scores in row order; a tie across the cut keeps the lowest rows.
     assert shard.search(q[:1], 5, 1500)[1][0, :3].tolist() == [7, 35, 41]
     assert shard.search(q[:1], 2, 1500)[1][0].tolist() == [7, 35]
     # k past the rows left: padded with -inf / -1.
@@ -222,6 +222,27 @@ def test_a_shortlist_covering_the_shard_is_one_exact_scan(engine: str, dtype: st
     scores, ids = small.search(x[:2], 8, 6)
     assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
     assert sorted(ids[1, :5].tolist()) == [0, 2, 3, 4, 5]
+
+
+def test_the_exact_scan_settles_ties_deeper_than_it_first_looks() -> None:
+    # 31 equal rows and k = 5: FAISS's first k + 1 places hold any 6 of them; the scan looks
+    # deeper until it has seen them all, keeps the 5 lowest rows, and answers the other
+    # queries of the batch exactly too, whatever the engine's own lists would have found.
+    x, q = _clustered(seed=13, n=3000, d=32, clusters=30, nq=20)
+    same = np.r_[7, 100:130]
+    x[same] = x[7]
+    q[0] = x[7]
+    shard = ShardIndex.build("t", x, _meta(3000), ivf_above=1000, rescore_dtype="float32")
+    assert shard.exact_scan and shard.engine.startswith("IVF")
+    shard.nprobe = 1  # the code search alone would miss most true neighbours
+    scores, rows = shard.search(q, 5, shortlist=3000)
+    assert rows[0].tolist() == [7, 100, 101, 102, 103]
+    exact = q @ l2_normalise(x).T
+    order = np.lexsort((np.broadcast_to(np.arange(3000), exact.shape), -exact), axis=1)[:, :5]
+    np.testing.assert_array_equal(rows[1:], order[1:])
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, order, 1), atol=1e-5)
+    shard.set_deleted([100, 102])
+    assert shard.search(q[:1], 5, shortlist=3000)[1][0].tolist() == [7, 101, 103, 104, 105]
 
 
 def test_shard_recall_grows_with_shortlist() -> None:

@@ -427,6 +427,12 @@ class ShardIndex:
         return str(rows_dtype(self._vectors))
 
     @property
+    def exact_scan(self) -> bool:
+        """Whether a shortlist covering the shard is searched by one exact FAISS scan of the
+        rescoring rows (float16 / float32 rows); int8 rows rank every row by its code instead."""
+        return self._rows_index is not None
+
+    @property
     def rows_mapped(self) -> bool:
         """Whether the rescoring rows are memory-mapped from a file rather than held in RAM."""
         if self._rows_index is not None:
@@ -515,9 +521,7 @@ class ShardIndex:
         if n_cand >= len(self) and self._rows_index is not None and nonzero:
             # The shortlist covers the shard: one exhaustive scan of the rescoring rows costs a
             # fraction of ranking every row by its code and gathering them all to rescore.
-            found = self._search_exhaustive(queries, k)
-            if found is not None:
-                return found
+            return self._search_exhaustive(queries, k)
         if self._refine is not None and self._deleted is None and nonzero:
             found = self._search_refined(queries, k, n_cand, nprobe)
             if found is not None:
@@ -597,36 +601,41 @@ class ShardIndex:
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
         return scores, rows
 
-    def _search_exhaustive(
-        self, queries: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """:meth:`search` as one exact FAISS scan of the rescoring rows (the rows index), for
-        a shortlist that covers the shard. Tombstoned rows are dropped from a result asked for
-        that many places deeper; equal scores inside the top ``k`` are put in row order, and
-        None (the candidate path instead) is returned when the ``k``-th score ties with the
-        next one. ``queries``: unit rows."""
+    def _search_exhaustive(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as one exact FAISS scan of the rescoring rows (the rows index), for a
+        shortlist that covers the shard. FAISS is asked for ``k + 1`` places plus one per
+        tombstone, and deeper (doubling) while a query's ``k``-th live score ties with the last
+        place found, so that every row sharing that score is seen; tombstoned rows are then
+        dropped and equal scores put in row order. ``queries``: unit rows."""
         n, m = len(self), len(queries)
-        kk = min(k + 1 + self._tombstones, n)
-        scores = np.empty((m, kk), dtype=np.float32)
-        rows = np.empty((m, kk), dtype=np.int64)
-        self._rows_index.search_c(  # type: ignore[union-attr]
-            m, faiss.swig_ptr(queries), kk, faiss.swig_ptr(scores), faiss.swig_ptr(rows)
+        depth = min(k + 1 + self._tombstones, n)
+        while True:
+            scores = np.empty((m, depth), dtype=np.float32)
+            rows = np.empty((m, depth), dtype=np.int64)
+            self._rows_index.search_c(  # type: ignore[union-attr]
+                m, faiss.swig_ptr(queries), depth, faiss.swig_ptr(scores), faiss.swig_ptr(rows)
+            )
+            missing = rows < 0
+            if self._deleted is not None:
+                missing |= self._deleted[np.maximum(rows, 0)]
+            # Found rows by descending score, equal scores by row; dropped places last.
+            order = np.lexsort((np.where(missing, n, rows), np.where(missing, np.inf, -scores)))
+            live_scores = np.take_along_axis(np.where(missing, -np.inf, scores), order, 1)
+            live_rows = np.take_along_axis(np.where(missing, -1, rows), order, 1)
+            if depth >= n:
+                break
+            # FAISS's places are in descending score: the last one is the lowest score it found.
+            kth = live_scores[:, min(k, depth) - 1]
+            if not np.any(scores[:, -1] >= kth):
+                break
+            depth = min(2 * depth, n)
+        if depth >= k:
+            return live_scores[:, :k], live_rows[:, :k]
+        pad = ((0, 0), (0, k - depth))  # a shard smaller than k
+        return (
+            np.pad(live_scores, pad, constant_values=-np.inf),
+            np.pad(live_rows, pad, constant_values=-1),
         )
-        missing = rows < 0
-        if self._deleted is not None:
-            missing |= self._deleted[np.maximum(rows, 0)]
-        # Found rows by descending score, equal scores by row; dropped places last.
-        order = np.lexsort((np.where(missing, n, rows), -np.where(missing, -np.inf, scores)))
-        scores = np.take_along_axis(np.where(missing, np.float32(-np.inf), scores), order, 1)
-        rows = np.take_along_axis(np.where(missing, -1, rows), order, 1)
-        if kk > k:
-            if np.any((rows[:, k] >= 0) & (scores[:, k - 1] <= scores[:, k])):
-                return None  # a tie across the cut: which rows win needs every equal score
-            scores, rows = scores[:, :k], rows[:, :k]
-        elif kk < k:  # a shard smaller than k
-            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-            rows = np.pad(rows, ((0, 0), (0, k - kk)), constant_values=-1)
-        return scores, rows
 
     def _candidates(self, queries: np.ndarray, n_cand: int, nprobe: int | None) -> np.ndarray:
         """(m, n_cand) int64 candidate rows, -1 where an inverted file found fewer or the row
@@ -654,10 +663,12 @@ class ShardIndex:
     def move_to_gpu(self, resources: object, device: int = 0) -> bool:
         """Search this shard's codes on a GPU when FAISS can: an exhaustive sign-code engine
         ("BFlat") gets a ``GpuIndexBinaryFlat`` copy on ``device`` (``resources``: a
-        ``faiss.StandardGpuResources``), used for shortlists of up to 2,048 rows. FAISS has no
-        GPU version of the binary inverted file or of the PQ and RaBitQ fast scans, so those shards stay
-        on the CPU. Returns whether the shard now searches on the GPU; False on a FAISS built
-        without GPU support. Rescoring stays on the CPU (the vectors are memory-mapped)."""
+        ``faiss.StandardGpuResources``), used for shortlists of up to 2,048 rows that do not
+        cover the shard (one that does is an exact scan of the rows on the CPU). FAISS has no
+        GPU version of the binary inverted file or of the PQ and RaBitQ fast scans, so those
+        shards stay on the CPU. Returns whether the shard now searches on the GPU; False on a
+        FAISS built without GPU support. Rescoring stays on the CPU (the vectors are
+        memory-mapped)."""
         gpu_flat = getattr(faiss, "GpuIndexBinaryFlat", None)
         if gpu_flat is None or type(self._index) is not faiss.IndexBinaryFlat:
             return False

@@ -4,7 +4,8 @@ At build time a shard draws held-out probe queries: some of its own vectors, eac
 against the other rows (its own row left out of the results), optionally moved by noise scaled to
 its neighbourhood. Exact inner-product search over the shard is the ground truth; the tuning picks
 the smallest Hamming shortlist whose float rescoring returns at least ``target`` of the exact
-top-``k``, unless an exact scan of the shard's rows (a shortlist of the whole shard) is faster.
+top-``k``, unless an exact scan of the shard's float rows (a shortlist of the whole shard) is
+faster.
 The manifest records the shortlist and the recall it measured; searchers read them.
 """
 
@@ -182,11 +183,12 @@ def tune_search(
     A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. An
     inverted-file shard ("BIVF" or RaBitQ) gets, over ``nprobes``, the smallest such shortlist
     for each number of lists probed and keeps the pair whose probes ran fastest. Either way a
-    shortlist of the whole shard (``len(shard)``: the search is then one exact scan of the
-    rescoring rows) replaces those settings when its probes run faster, or when they fall
-    short of the target (``exhaustive=False``: never). When nothing reaches the target the
-    largest settings tried are kept and ``reached`` is False. A probe's own row is left out of
-    both result lists (searched one deeper for it).
+    shortlist of the whole shard (``len(shard)``: the search is then one exact scan of its
+    float16 / float32 rescoring rows; not tried for int8 rows) replaces those settings when
+    its probes run faster, or when they fall short of the target (``exhaustive=False``:
+    never). When nothing reaches the target the largest settings tried are kept and
+    ``reached`` is False. A probe's own row is left out of both result lists (searched one
+    deeper for it).
     """
     n = len(shard)
     if n <= 1:
@@ -222,11 +224,11 @@ def _exhaustive_if_cheaper(
     shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, truth: np.ndarray,
     spec: TuningSpec, best: Tuning,
 ) -> Tuning:  # fmt: skip
-    """``best``, or a shortlist of the whole shard (an exact scan of its rescoring rows) when
-    that is what reaches the target or its probes run faster. Timed first on a few probes, so
-    a shard whose tuned search is far cheaper pays for only those."""
+    """``best``, or a shortlist of the whole shard (an exact scan of its float rescoring rows;
+    never for int8 rows) when that is what reaches the target or its probes run faster. Timed
+    first on a few probes, so a shard whose tuned search is far cheaper pays for only those."""
     n = len(shard)
-    if best.shortlist >= n:
+    if best.shortlist >= n or not shard.exact_scan:
         return best
     few = min(len(probes), _EXHAUSTIVE_TRIAL)
     _, seconds = _held_out_recall(
@@ -235,7 +237,9 @@ def _exhaustive_if_cheaper(
     if best.reached and seconds * len(probes) / few >= best.probe_seconds:
         return best
     recall, seconds = _held_out_recall(shard, rows, probes, truth, spec.k, n, best.nprobe)
-    if best.reached and (recall < spec.target or seconds >= best.probe_seconds):
+    if recall < best.recall or (
+        best.reached and (recall < spec.target or seconds >= best.probe_seconds)
+    ):
         return best
     return Tuning(
         n, recall, spec.k, len(probes), spec.target, recall >= spec.target, best.nprobe, seconds
