@@ -19,7 +19,7 @@ from vsearch.runtime.training_data import (
 )
 from vsearch.storage import Storage, read_dataset
 from vsearch.storage.feature_cache import FeatureCache, content_key, view_key
-from vsearch.training.dataset import from_streamed_rows
+from vsearch.training.dataset import from_streamed_rows, split_by_source
 
 
 def _streamed_batch(table, cache: FeatureCache, read: MapRowReader) -> dict:
@@ -93,13 +93,9 @@ def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) 
     def batch_of(table):
         return _streamed_batch(table, cache, read)
 
-    half = photos.num_rows // 2
-    shards = [photos.slice(0, half), photos.slice(half)]
+    shards = split_by_source(photos, 2)
     sets = [from_streamed_rows([batch_of(catalog)], [batch_of(s)], None, "maps") for s in shards]
-    assert [len(s) for s in sets] == [
-        catalog.num_rows + half,
-        catalog.num_rows + photos.num_rows - half,
-    ]
+    assert [len(s) for s in sets] == [catalog.num_rows + s.num_rows for s in shards]
     for data in sets:
         assert (data.catalog_rows >= 0).all()  # every product can pair a photo with its image
         # Batches draw only the products this worker has photos of; the others' catalogue
@@ -110,6 +106,51 @@ def test_a_worker_holds_its_share_of_the_photos_and_the_whole_catalogue(cached) 
         assert (drawn[data.from_catalog & ~np.isin(data.labels, list(local))] == -1).all()
         batch = next(iter(PKBatchSampler(drawn, 2, 2).epoch(0)))
         assert set(data.labels[batch].tolist()) <= local
+
+
+def test_the_photos_are_dealt_to_workers_by_source_image(cached) -> None:
+    cfg, ds, train, keys, sizes, _ = cached
+    _, photos = training_rows(ds.catalog, train, cfg.model.views, keys, sizes)
+    for world in (1, 2, 3):
+        shards = split_by_source(photos, world)
+        assert len(shards) == world
+        sources = [set(s["source_uri"].to_pylist()) for s in shards]
+        # Disjoint, complete, every view of an image on one worker, shares within one image.
+        assert sum(s.num_rows for s in shards) == photos.num_rows
+        assert set().union(*sources) == set(photos["source_uri"].to_pylist())
+        assert sum(len(s) for s in sources) == len(set().union(*sources))
+        assert max(map(len, sources)) - min(map(len, sources)) <= 1
+        # Each shard keeps the rows' order, and the split is a function of the rows alone.
+        for shard in shards:
+            where = {u: i for i, u in enumerate(photos["image_uri"].to_pylist())}
+            positions = [where[u] for u in shard["image_uri"].to_pylist()]
+            assert positions == sorted(positions)
+        again = split_by_source(photos, world)
+        assert [s["image_uri"] for s in shards] == [s["image_uri"] for s in again]
+    # Two workers: each holds photos of (nearly) every product, not half the catalogue.
+    products = set(photos["product_id"].to_pylist())
+    for shard in split_by_source(photos, 2):
+        assert len(set(shard["product_id"].to_pylist())) >= 0.8 * len(products)
+    with pytest.raises(ValueError, match="0 workers"):
+        split_by_source(photos, 0)
+
+
+def test_a_training_set_does_not_depend_on_the_order_its_rows_arrive_in(cached) -> None:
+    cfg, ds, train, keys, sizes, cache = cached
+    catalog, photos = training_rows(ds.catalog, train, cfg.model.views, keys, sizes)
+    read = MapRowReader(cfg.storage, {}, "test-backbone")
+    step = 5
+    blocks = [
+        _streamed_batch(photos.slice(i, step), cache, read) for i in range(0, photos.num_rows, step)
+    ]
+    assert len(blocks) > 2
+    cat = [_streamed_batch(catalog, cache, read)]
+    first = from_streamed_rows(cat, blocks, None, "maps")
+    second = from_streamed_rows(cat, blocks[::-1], None, "maps")
+    np.testing.assert_array_equal(first.inputs.numpy(), second.inputs.numpy())
+    np.testing.assert_array_equal(first.labels, second.labels)
+    np.testing.assert_array_equal(first.boxes, second.boxes)
+    np.testing.assert_array_equal(first.catalog_rows, second.catalog_rows)
 
 
 def test_shards_agree_on_labels_even_when_a_product_has_no_catalogue_image(cached) -> None:

@@ -226,9 +226,10 @@ def fit(
             "batches_per_rank": batches_per_rank,
             "vocab": vocab,
         },
-        # The photos are split across the workers; every worker gets the whole catalogue.
+        # Each worker reads its own photo dataset (split on the driver) and the whole catalogue:
+        # Ray Train splits none of them.
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=[]),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,

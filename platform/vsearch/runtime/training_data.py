@@ -1,9 +1,11 @@
 """Training data streamed from Ray Data into the Ray Train workers.
 
 The driver builds the training rows (one per image and view; names, labels and boxes, no pixels)
-and hands Ray Train two datasets: ``train`` (the photos, split across the workers by
-``streaming_split``) and ``catalog`` (one image per product, given whole to every worker so each
-batch can pair a product's photos with its catalogue image). Ray Data's read tasks attach each
+and hands Ray Train the datasets: ``catalog`` (one image per product, given whole to every worker
+so each batch can pair a product's photos with its catalogue image) and one ``train-<rank>`` per
+worker (its share of the photos, dealt by ``split_by_source``: a fixed split, where Ray Data's
+``streaming_split`` would hand blocks to whichever worker asks first and so train each run on
+different shards). Ray Data's read tasks attach each
 row's input: a cached backbone map (frozen backbones: only the cache parts holding the wanted
 keys are opened) or a decoded, preprocessed image (trainable backbones). A worker therefore
 decodes nothing itself and holds only its share of the photos, not the whole set.
@@ -34,7 +36,7 @@ from vsearch.models.registry import backbone_spec
 from vsearch.storage.datasets import read_dataset
 from vsearch.storage.feature_cache import FeatureCache, box_of_key, view_key
 from vsearch.storage.fs import Storage
-from vsearch.training.dataset import TrainingSet, from_streamed_rows, view_tag
+from vsearch.training.dataset import TrainingSet, from_streamed_rows, split_by_source, view_tag
 
 
 def training_rows(
@@ -307,8 +309,8 @@ def training_datasets(
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
     box_keys: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, ray.data.Dataset], int, dict[str, list[str]]]:
-    """``({"catalog": ..., "train": ...}, batches per worker and epoch, vocabularies)`` for
-    ``fit``.
+    """``({"catalog": ..., "train-0": ..., "train-1": ...}, batches per worker and epoch,
+    vocabularies)`` for ``fit``: one photo dataset per worker of ``cfg.train.num_workers``.
 
     With ``map_keys`` (URI -> content key) and ``cache_id`` the rows read cached maps of a
     frozen backbone; without, they decode images. The epoch's length is computed here, from
@@ -334,7 +336,9 @@ def training_datasets(
         )
 
     batches = _epoch_batches(cfg, catalog_rows, photo_rows)
-    datasets = {"catalog": dataset(catalog_rows), "train": dataset(photo_rows)}
+    datasets = {"catalog": dataset(catalog_rows)}
+    for rank, rows in enumerate(split_by_source(photo_rows, train.num_workers)):
+        datasets[photo_shard(rank)] = dataset(rows)
     return datasets, batches, vocabularies(catalog_rows, photo_rows)
 
 
@@ -373,6 +377,11 @@ def load_training_set(
     return from_streamed_rows(batches[0], batches[1], clicks, kind, **vocab)
 
 
+def photo_shard(rank: int) -> str:
+    """The name of the dataset holding worker ``rank``'s photo rows."""
+    return f"train-{rank}"
+
+
 def _collect(name: str) -> list[dict[str, np.ndarray]]:
     shard = ray.train.get_dataset_shard(name)
     if shard is None:
@@ -390,7 +399,10 @@ def streamed_training_set(
     the run's datasets, with the click log (read from storage) as a ``TrainingSet``; and the
     counts of photo rows read and skipped here (summed over workers, they give the run's)."""
     clicks = read_dataset(Storage(cfg.storage, cfg.storage_options), dataset_prefix).clicks
-    catalog, photos = _collect("catalog"), _collect("train")
+    catalog, photos = (
+        _collect("catalog"),
+        _collect(photo_shard(ray.train.get_context().get_world_rank())),
+    )
     counts = {
         "catalog_rows": sum(len(b["image_uri"]) for b in catalog),
         "catalog_skipped": sum(int(bool(e)) for b in catalog for e in b["error"]),

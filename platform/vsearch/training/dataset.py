@@ -174,6 +174,24 @@ def _column(batches: list[Mapping[str, np.ndarray]], name: str) -> list:
     return [value for batch in batches for value in batch[name]]
 
 
+def split_by_source(rows: pa.Table, world: int) -> list[pa.Table]:
+    """The photo rows of each of ``world`` training workers: a fixed function of the rows, so
+    that a run trains on the same shards whatever order Ray Data delivers blocks in.
+
+    Source images (``source_uri``) are dealt round-robin in the order they first appear, so
+    every view of an image lands on one worker, each worker holds a share of every product's
+    photos, and the shares differ by at most one image. Each shard keeps the rows' order
+    (readers of cached maps rely on rows of one cache part sitting side by side).
+    """
+    if world < 1:
+        raise ValueError(f"cannot split the photos across {world} workers")
+    rank_of: dict[str, int] = {}
+    ranks = np.empty(rows.num_rows, dtype=np.int64)
+    for i, source in enumerate(rows["source_uri"].to_pylist()):
+        ranks[i] = rank_of.setdefault(source, len(rank_of) % world)
+    return [rows.filter(pa.array(ranks == rank)) for rank in range(world)]
+
+
 def from_streamed_rows(
     catalog: list[Mapping[str, np.ndarray]],
     photos: list[Mapping[str, np.ndarray]],
@@ -194,27 +212,35 @@ def from_streamed_rows(
     tables = []
     for batches in (catalog, photos):
         uris = [str(u) for u in _column(batches, "image_uri")]
+        # Rows in URI order, not in the order the blocks arrived: the set (and so the batches a
+        # seeded sampler draws from it) is then the same in every run.
+        order = sorted(range(len(uris)), key=uris.__getitem__)
+
+        def column(name: str, order: list[int] = order, batches: list = batches) -> list:
+            values = _column(batches, name)
+            return [values[i] for i in order]
+
+        uris = [uris[i] for i in order]
         for uri, item, err, w, h in zip(
             uris,
-            _column(batches, "input"),
-            _column(batches, "error"),
-            _column(batches, "width"),
-            _column(batches, "height"),
+            column("input"),
+            column("error"),
+            column("width"),
+            column("height"),
             strict=True,
         ):
             decoded[uri] = None if err else item
             sizes[uri] = (int(w), int(h))
         # A box is in pixels of the stored image: without that image's size it cannot be used.
         boxes = [
-            _box(b) if all(sizes[u]) else None
-            for u, b in zip(uris, _column(batches, "box"), strict=True)
+            _box(b) if all(sizes[u]) else None for u, b in zip(uris, column("box"), strict=True)
         ]
         tables.append(
             pa.table(
                 {
                     "image_uri": pa.array(uris, pa.string()),
-                    "product_id": pa.array([str(p) for p in _column(batches, "product_id")]),
-                    "category": pa.array([str(c) for c in _column(batches, "category")]),
+                    "product_id": pa.array([str(p) for p in column("product_id")]),
+                    "category": pa.array([str(c) for c in column("category")]),
                     "box": pa.array(boxes, pa.list_(pa.float32())),
                 }
             )
