@@ -595,11 +595,7 @@ class ShardIndex:
             order = np.lexsort((np.where(missing, len(self), rows), -scores), axis=1)
             scores = np.take_along_axis(scores, order, axis=1)
             rows = np.take_along_axis(rows, order, axis=1)
-        if kk < k:  # a shard smaller than k
-            pad = k - kk
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, rows
+        return _padded(scores, rows, k)
 
     def _search_exhaustive(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` as one exact FAISS scan of the rescoring rows (the rows index), for a
@@ -629,13 +625,7 @@ class ShardIndex:
             if not np.any(scores[:, -1] >= kth):
                 break
             depth = min(2 * depth, n)
-        if depth >= k:
-            return live_scores[:, :k], live_rows[:, :k]
-        pad = ((0, 0), (0, k - depth))  # a shard smaller than k
-        return (
-            np.pad(live_scores, pad, constant_values=-np.inf),
-            np.pad(live_rows, pad, constant_values=-1),
-        )
+        return _padded(live_scores[:, :k], live_rows[:, :k], k)
 
     def _candidates(self, queries: np.ndarray, n_cand: int, nprobe: int | None) -> np.ndarray:
         """(m, n_cand) int64 candidate rows, -1 where an inverted file found fewer or the row
@@ -854,3 +844,16 @@ def _rescore(
     order = np.lexsort((cand, -sims), axis=1)[:, :k]
     sims, cand = np.take_along_axis(sims, order, axis=1), np.take_along_axis(cand, order, axis=1)
     return sims, np.where(np.isfinite(sims), cand, -1)
+
+
+def _padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rows)`` of ``k`` places: a shard smaller than ``k`` has found fewer, and the
+    places past them are ``-inf`` / ``-1``."""
+    short = k - scores.shape[1]
+    if short <= 0:
+        return scores, rows
+    pad = ((0, 0), (0, short))
+    return (
+        np.pad(scores, pad, constant_values=-np.inf),
+        np.pad(rows, pad, constant_values=-1),
+    )
