@@ -62,8 +62,8 @@ def test_demo_with_the_pretrained_backbone_clears_the_floor(tmp_path: Path) -> N
 # localiser since 2026-11-30 (full demo: IoU 0.618 against 0.591) and reports the box found in
 # the box view since 2026-12-01 (this test then measured R@1 0.813, mAP@10 0.863, category
 # 0.938, IoU 0.654; with the photos dealt to the workers on the driver, 2026-12-01: R@1 0.813,
-# mAP@10 0.874, category 0.938, IoU 0.669). Before the box view (2026-11-22): R@1 0.479, mAP@10 0.652 against 0.461,
-# category 0.833.
+# mAP@10 0.874, category 0.938, IoU 0.669). Before the box view (2026-11-22): R@1 0.479, mAP@10
+# 0.652 against 0.461, category 0.833.
 FLOOR_R1 = 0.55  # measured 0.792 (pooled backbone: 0.333)
 FLOOR_CATEGORY = 0.70  # measured 0.958
 FLOOR_MAP_GAIN = 0.25  # measured mAP@10 0.865 vs 0.461
