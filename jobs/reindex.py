@@ -12,6 +12,7 @@ import time
 from jobs.common import ensure_dataset, print_summary, progress, storage_of, text_channel
 from vsearch.config import Config
 from vsearch.index.manifest import Manifest
+from vsearch.index.shard import scans_exactly
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.reindex import build_staged, peak_rss_bytes, stage_catalog
 from vsearch.storage import IndexStore, ModelStore
@@ -70,7 +71,8 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
             "shards": len(manifest.shards),
             "tuned shortlists (min-max)": _span([e.shortlist for e in manifest.shards]),
             "shards searched by one exact scan": sum(
-                e.shortlist is not None and e.shortlist >= e.count for e in manifest.shards
+                scans_exactly(e.shortlist, e.count, cfg.index.rescore_dtype)
+                for e in manifest.shards
             ),
             f"probe recall@{cfg.index.recall_k}, lowest shard (target {cfg.index.recall_target})": (
                 min((e.recall for e in manifest.shards if e.recall is not None), default=1.0)

@@ -245,6 +245,15 @@ def test_the_exact_scan_settles_ties_deeper_than_it_first_looks() -> None:
     assert shard.search(q[:1], 5, shortlist=3000)[1][0].tolist() == [7, 101, 103, 104, 105]
 
 
+def test_what_the_reindex_summary_counts_as_an_exact_scan() -> None:
+    from vsearch.index.shard import scans_exactly
+
+    assert scans_exactly(64, 50, "float16") and scans_exactly(50, 50, "float32")
+    assert not scans_exactly(40, 50, "float16")  # a shortlist short of the shard
+    assert not scans_exactly(64, 50, "int8")  # int8 rows are ranked by their codes
+    assert not scans_exactly(None, 50, "float16")
+
+
 def test_shard_recall_grows_with_shortlist() -> None:
     x, q = _clustered(seed=3)
     shard = ShardIndex.build("clustered", x, _meta(len(x)))

@@ -846,6 +846,13 @@ def _rescore(
     return sims, np.where(np.isfinite(sims), cand, -1)
 
 
+def scans_exactly(shortlist: int | None, rows: int, rescore_dtype: str) -> bool:
+    """Whether :meth:`ShardIndex.search` with ``shortlist`` over a shard of ``rows`` rescoring
+    rows of ``rescore_dtype`` is one exact scan of those rows: the shortlist covers the shard
+    and the rows are float (int8 rows rank every row by its code instead)."""
+    return shortlist is not None and shortlist >= rows and rescore_dtype != "int8"
+
+
 def _padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, rows)`` of ``k`` places: a shard smaller than ``k`` has found fewer, and the
     places past them are ``-inf`` / ``-1``."""

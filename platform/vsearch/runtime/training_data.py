@@ -5,10 +5,10 @@ and hands Ray Train the datasets: ``catalog`` (one image per product, given whol
 so each batch can pair a product's photos with its catalogue image) and one ``train-<rank>`` per
 worker (its share of the photos, dealt by ``split_by_source``: a fixed split, where Ray Data's
 ``streaming_split`` would hand blocks to whichever worker asks first and so train each run on
-different shards). Ray Data's read tasks attach each
-row's input: a cached backbone map (frozen backbones: only the cache parts holding the wanted
-keys are opened) or a decoded, preprocessed image (trainable backbones). A worker therefore
-decodes nothing itself and holds only its share of the photos, not the whole set.
+different shards). Ray Data's read tasks attach each row's input: a cached backbone map (frozen
+backbones: only the cache parts holding the wanted keys are opened) or a decoded, preprocessed
+image (trainable backbones). A worker therefore decodes nothing itself and holds only its share
+of the photos, not the whole set.
 """
 
 from __future__ import annotations
@@ -399,10 +399,8 @@ def streamed_training_set(
     the run's datasets, with the click log (read from storage) as a ``TrainingSet``; and the
     counts of photo rows read and skipped here (summed over workers, they give the run's)."""
     clicks = read_dataset(Storage(cfg.storage, cfg.storage_options), dataset_prefix).clicks
-    catalog, photos = (
-        _collect("catalog"),
-        _collect(photo_shard(ray.train.get_context().get_world_rank())),
-    )
+    catalog = _collect("catalog")
+    photos = _collect(photo_shard(ray.train.get_context().get_world_rank()))
     counts = {
         "catalog_rows": sum(len(b["image_uri"]) for b in catalog),
         "catalog_skipped": sum(int(bool(e)) for b in catalog for e in b["error"]),

@@ -170,8 +170,12 @@ def _box(value: object) -> list[float] | None:
     return None if any(np.isnan(box)) else box
 
 
-def _column(batches: list[Mapping[str, np.ndarray]], name: str) -> list:
-    return [value for batch in batches for value in batch[name]]
+def _column(
+    batches: list[Mapping[str, np.ndarray]], name: str, order: Sequence[int] | None = None
+) -> list:
+    """Column ``name`` of every batch, as one list; in ``order`` (positions) when given."""
+    values = [value for batch in batches for value in batch[name]]
+    return values if order is None else [values[i] for i in order]
 
 
 def split_by_source(rows: pa.Table, world: int) -> list[pa.Table]:
@@ -179,8 +183,8 @@ def split_by_source(rows: pa.Table, world: int) -> list[pa.Table]:
     that a run trains on the same shards whatever order Ray Data delivers blocks in.
 
     Source images (``source_uri``) are dealt round-robin in the order they first appear, so
-    every view of an image lands on one worker, each worker holds a share of every product's
-    photos, and the shares differ by at most one image. Each shard keeps the rows' order
+    every view of an image lands on one worker, each worker holds a share of nearly every
+    product's photos, and the shares differ by at most one image. Each shard keeps the rows' order
     (readers of cached maps rely on rows of one cache part sitting side by side).
     """
     if world < 1:
@@ -211,36 +215,32 @@ def from_streamed_rows(
     sizes: dict[str, tuple[int, int]] = {}
     tables = []
     for batches in (catalog, photos):
-        uris = [str(u) for u in _column(batches, "image_uri")]
+        arrived = [str(u) for u in _column(batches, "image_uri")]
         # Rows in URI order, not in the order the blocks arrived: the set (and so the batches a
         # seeded sampler draws from it) is then the same in every run.
-        order = sorted(range(len(uris)), key=uris.__getitem__)
-
-        def column(name: str, order: list[int] = order, batches: list = batches) -> list:
-            values = _column(batches, name)
-            return [values[i] for i in order]
-
-        uris = [uris[i] for i in order]
+        order = sorted(range(len(arrived)), key=arrived.__getitem__)
+        uris = [arrived[i] for i in order]
         for uri, item, err, w, h in zip(
             uris,
-            column("input"),
-            column("error"),
-            column("width"),
-            column("height"),
+            _column(batches, "input", order),
+            _column(batches, "error", order),
+            _column(batches, "width", order),
+            _column(batches, "height", order),
             strict=True,
         ):
             decoded[uri] = None if err else item
             sizes[uri] = (int(w), int(h))
         # A box is in pixels of the stored image: without that image's size it cannot be used.
         boxes = [
-            _box(b) if all(sizes[u]) else None for u, b in zip(uris, column("box"), strict=True)
+            _box(b) if all(sizes[u]) else None
+            for u, b in zip(uris, _column(batches, "box", order), strict=True)
         ]
         tables.append(
             pa.table(
                 {
                     "image_uri": pa.array(uris, pa.string()),
-                    "product_id": pa.array([str(p) for p in column("product_id")]),
-                    "category": pa.array([str(c) for c in column("category")]),
+                    "product_id": pa.array([str(p) for p in _column(batches, "product_id", order)]),
+                    "category": pa.array([str(c) for c in _column(batches, "category", order)]),
                     "box": pa.array(boxes, pa.list_(pa.float32())),
                 }
             )
