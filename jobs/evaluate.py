@@ -234,6 +234,7 @@ def main(
             cfg.category.fusion_weight,
             fine_truth=[canonical.get(p, p) for p in products],
             fine_search=[canonical.get(product_of_row[r[0]], product_of_row[r[0]]) for r in rows],
+            model_temperature=cfg.category.model_temperature,
         )
     boxes = queries["box"].to_pylist()
     if any(b is not None for b in boxes):
@@ -333,6 +334,11 @@ def _print(report: dict[str, Any]) -> None:
         cat = report["category"]
         rows["category top-1 model / search / fused"] = (
             f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
+        )
+        rows["category fusion: weight / head temperature (fitted here)"] = (
+            f"{cat['fusion_weight']:.2f} / {cat['model_temperature']:g} "
+            f"({cat.get('best_weight_here', float('nan')):.2f} / "
+            f"{cat.get('fitted_temperature_here', float('nan')):g})"
         )
     if "box" in report:
         rows["subject box IoU"] = report["box"]["iou"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsearch.rank.fusion import fuse, knn_vote, predict_categories, tune_fusion_weight
+from vsearch.rank.fusion import (
+    fit_temperature,
+    fuse,
+    knn_vote,
+    predict_categories,
+    soften,
+    tune_fusion_weight,
+)
 
 
 def test_knn_vote_weighs_nearer_neighbours_more() -> None:
@@ -37,3 +44,42 @@ def test_tuning_picks_the_best_weight() -> None:
     vote = np.array([[0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.9, 0.1]])
     best, scores = tune_fusion_weight(model, vote, truth)
     assert scores[best] == 1.0 and scores[0.0] == 0.75 and scores[1.0] == 0.75
+
+
+def test_soften_keeps_the_top_class_and_flattens_towards_uniform() -> None:
+    probs = np.array([[0.95, 0.04, 0.01], [0.2, 0.5, 0.3]], np.float32)
+    np.testing.assert_array_equal(soften(probs, 1.0), probs)
+    for t in (0.5, 2.0, 5.0):
+        out = soften(probs, t)
+        np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-6)
+        np.testing.assert_array_equal(out.argmax(1), probs.argmax(1))
+    assert soften(probs, 5.0)[0, 0] < 0.95 < soften(probs, 0.5)[0, 0]
+    np.testing.assert_allclose(soften(probs, 1e6), 1 / 3, atol=1e-4)
+    # exp(log(p) / t) renormalised: p ** (1 / t) over the row's sum.
+    expected = probs[1] ** 0.5 / (probs[1] ** 0.5).sum()
+    np.testing.assert_allclose(soften(probs, 2.0)[1], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="> 0"):
+        soften(probs, 0.0)
+
+
+def test_fused_with_a_softened_head_the_vote_can_overturn_it() -> None:
+    model = np.array([[0.95, 0.05]], np.float32)
+    vote = np.array([[0.1, 0.9]], np.float32)
+    assert fuse(model, vote, 0.5).argmax() == 0  # 0.525 against 0.475
+    assert fuse(model, vote, 0.5, temperature=5.0).argmax() == 1
+    np.testing.assert_allclose(
+        fuse(model, vote, 0.5, 5.0), 0.5 * soften(model, 5.0) + 0.5 * vote, rtol=1e-6
+    )
+
+
+def test_fit_temperature_softens_an_over_confident_head() -> None:
+    # Always 99% sure, right 7 times in 10: the log-loss is least well above temperature 1.
+    probs = np.tile(np.array([[0.99, 0.01]], np.float32), (10, 1))
+    truth = np.array([0] * 7 + [1] * 3)
+    t = fit_temperature(probs, truth)
+    assert t > 2.0
+    assert soften(probs, t)[0, 0] == pytest.approx(0.7, abs=0.05)  # calibrated: about 70%
+    # A head as sure as it is right keeps about its temperature; unknown rows are left out.
+    calibrated = np.tile(np.array([[0.7, 0.3]], np.float32), (10, 1))
+    assert 0.8 <= fit_temperature(calibrated, truth) <= 1.25
+    assert fit_temperature(calibrated, np.full(10, -1)) == 1.0

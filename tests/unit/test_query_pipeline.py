@@ -48,9 +48,11 @@ def test_rank_merges_searchers_and_applies_the_configured_weights() -> None:
 
 def test_policy_comes_from_the_config(tmp_path) -> None:
     cfg = load_config(None, [f"storage={tmp_path}", "rank.quality_weight=0.1",
-                             "category.route_max=2", "serve.text_weight=0.3"])  # fmt: skip
+                             "category.route_max=2", "serve.text_weight=0.3",
+                             "category.model_temperature=4"])  # fmt: skip
     policy = QueryPolicy.of(cfg)
     assert (policy.quality_weight, policy.route_max, policy.text_weight) == (0.1, 2, 0.3)
+    assert policy.model_temperature == 4.0
     assert (policy.fusion_weight, policy.vote_neighbours) == (
         cfg.category.fusion_weight, cfg.category.vote_neighbours,
     )  # fmt: skip
@@ -141,6 +143,24 @@ def test_categorise_merges_searchers_and_refuses_a_wrong_width() -> None:
     np.testing.assert_allclose(empty, 1 / 3)  # no voters: a uniform vote
     with pytest.raises(ValueError, match="2 probabilities for 3 categories"):
         pipe.categorise(np.array([0.5, 0.5]), NAMES, lists)
+
+
+def test_categorise_softens_the_head_at_the_policy_temperature() -> None:
+    # A confident head (drinks) against a vote of 0.9 for shoes: at temperature 1 the head
+    # wins, softened at 5 the vote does; the fusion is the core function's at that temperature.
+    lists = [[Hit(0.9, "a", "A", "shoes", "", 0, 0, "s1"), Hit(0.79, "b", "B", "drinks", "", 0, 0,
+              "s1")]]  # fmt: skip
+    head = np.array([0.02, 0.95, 0.03], np.float32)
+    sharp, _ = QueryPipeline(QueryPolicy(vote_neighbours=2)).categorise(head, NAMES, lists)
+    soft, vote = QueryPipeline(QueryPolicy(vote_neighbours=2, model_temperature=5.0)).categorise(
+        head, NAMES, lists
+    )
+    assert NAMES[sharp.argmax()] == "drinks" and NAMES[soft.argmax()] == "shoes"
+    fused, _ = predict_categories(
+        head[None], np.array([[0.9, 0.79]]), [["shoes", "drinks"]], NAMES, 0.5, 0.05, 5.0
+    )
+    np.testing.assert_allclose(soft, fused[0], rtol=1e-5)
+    assert vote.argmax() == NAMES.index("shoes")
 
 
 def test_rank_keeps_the_best_images_of_all_searchers_as_one_search_would() -> None:

@@ -116,6 +116,18 @@ def test_category_report_without_a_vote_is_the_head_alone() -> None:
         category_report(["a"], [], np.zeros((1, 0), np.float32), None, 0.5)
 
 
+def test_category_report_fuses_the_head_softened_at_the_temperature() -> None:
+    # A confident head, right once in three; a vote right every time.
+    model = np.array([[0.95, 0.05], [0.95, 0.05], [0.95, 0.05]], np.float32)
+    vote = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]], np.float32)
+    truth = ["a", "b", "b"]
+    sharp = category_report(truth, ["a", "b"], model, vote, 0.5)
+    soft = category_report(truth, ["a", "b"], model, vote, 0.5, model_temperature=5.0)
+    assert sharp["fused_top1"] == pytest.approx(1 / 3) and soft["fused_top1"] == 1.0
+    assert soft["model_top1"] == sharp["model_top1"]  # the head's top-1 does not move
+    assert soft["model_temperature"] == 5.0 and sharp["fitted_temperature_here"] > 1.0
+
+
 def test_duplicates_folded_before_the_cut_at_10_do_not_push_the_product_out() -> None:
     # The query's ranking: p0, its three duplicate listings, p4 ... p9, then the true p10.
     # Ten products asked for and then folded would leave seven and miss p10 (as the service

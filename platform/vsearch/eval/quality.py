@@ -10,7 +10,7 @@ import numpy as np
 
 from vsearch.eval.metrics import exact_topk, mean_average_precision, recall_at_k
 from vsearch.eval.retrieval import canonical_ranking, recall_curve
-from vsearch.rank.fusion import fuse, tune_fusion_weight
+from vsearch.rank.fusion import fit_temperature, fuse, tune_fusion_weight
 
 
 def photo_to_photo(
@@ -49,11 +49,14 @@ def category_report(
     weight: float,
     fine_truth: Sequence[str] | None = None,
     fine_search: Sequence[str] | None = None,
+    model_temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Top-1 category accuracy of the model head, the kNN vote and their fusion at ``weight``;
-    the accuracy of every weight (``by_weight``: choose it on a split you do not report); and the
-    fine (product) accuracy of the search's top hit when given. Without a vote
-    (``vote_probs`` None) the fusion is the head alone and the vote's accuracy is NaN."""
+    """Top-1 category accuracy of the model head, the kNN vote and their fusion at ``weight``
+    (the head softened at ``model_temperature``, as the query pipeline fuses); the accuracy of
+    every weight (``by_weight``: choose it on a split you do not report) and the head's
+    temperature of least log-loss here (``fitted_temperature_here``: likewise); and the fine
+    (product) accuracy of the search's top hit when given. Without a vote (``vote_probs`` None)
+    the fusion is the head alone and the vote's accuracy is NaN."""
     index = {c: i for i, c in enumerate(categories)}
     labels = np.asarray([index.get(c, -1) for c in truth], dtype=np.int64)
     has_model = model_probs.shape[1] > 0
@@ -66,7 +69,7 @@ def category_report(
             raise ValueError("no category head and no vote: nothing predicts a category")
         fused_top1, weight = top1(model_probs), 1.0
     else:
-        fused_top1 = top1(fuse(model_probs, vote_probs, weight))
+        fused_top1 = top1(fuse(model_probs, vote_probs, weight, model_temperature))
     out: dict[str, Any] = {
         "queries": len(labels),
         "unknown_category": int((labels < 0).sum()),
@@ -74,11 +77,16 @@ def category_report(
         "search_top1": top1(vote_probs) if vote_probs is not None else float("nan"),
         "fused_top1": fused_top1,
         "fusion_weight": weight,
+        "model_temperature": model_temperature,
     }
     if has_model and vote_probs is not None:
-        best, scores = tune_fusion_weight(model_probs, vote_probs, labels)
+        best, scores = tune_fusion_weight(
+            model_probs, vote_probs, labels, model_temperature=model_temperature
+        )
         out["by_weight"] = {f"{w:.2f}": s for w, s in scores.items()}
         out["best_weight_here"] = best
+    if has_model:
+        out["fitted_temperature_here"] = fit_temperature(model_probs, labels)
     if fine_truth is not None and fine_search is not None:
         out["fine_search_top1"] = float(
             np.mean([a == b for a, b in zip(fine_truth, fine_search, strict=True)])
@@ -146,7 +154,15 @@ def quality_markdown(report: Mapping[str, Any]) -> str:
         ]
         if "fine_search_top1" in cat:
             lines.append(f"| fine (product) | | {cat['fine_search_top1']:.3f} | |")
-        lines.append(f"\nFusion weight {cat['fusion_weight']:.2f} (model share).")
+        lines.append(
+            f"\nFusion weight {cat['fusion_weight']:.2f} (model share), the head softened at "
+            f"temperature {cat.get('model_temperature', 1.0):g}."
+        )
+        if "best_weight_here" in cat:
+            lines.append(
+                f"Fitted on this split (choose them on one you do not report): weight "
+                f"{cat['best_weight_here']:.2f}, temperature {cat['fitted_temperature_here']:g}."
+            )
     if "box" in report:
         lines.append(f"Subject box IoU: {report['box']['iou']:.3f}.")
     return "\n".join(lines) + "\n"

@@ -35,13 +35,50 @@ def knn_vote(
     return np.where(total > 0, votes / np.maximum(total, 1e-12), uniform).astype(np.float32)
 
 
-def fuse(model_probs: np.ndarray, vote_probs: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * model + (1 - weight) * vote``, both ``(n, c)``; weight in [0, 1]."""
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ``(n, c)`` at ``temperature``: ``softmax(log(p) / temperature)``, as if the
+    head's logits were divided by it (> 1 softens an over-confident head, 1 changes nothing).
+    The top-1 class never changes."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    probs = np.asarray(probs, dtype=np.float32)
+    if temperature == 1.0 or probs.shape[1] == 0:
+        return probs
+    logits = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) / temperature
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    grid: Sequence[float] = tuple(np.round(np.geomspace(0.5, 50, 41), 3)),
+) -> float:
+    """The temperature of ``grid`` under which ``probs`` ``(n, c)`` give the true classes
+    ``truth`` ``(n,) int64`` (-1: unknown, left out) the least negative log-likelihood:
+    temperature scaling (Guo et al., 2017), which fits calibration and leaves accuracy alone."""
+    known = truth >= 0
+    if not known.any():
+        return 1.0
+    rows = np.flatnonzero(known)
+
+    def nll(t: float) -> float:
+        p = soften(probs[rows], t)[np.arange(len(rows)), truth[rows]]
+        return float(-np.log(np.clip(p, 1e-30, None)).mean())
+
+    return min(grid, key=lambda t: (nll(float(t)), abs(np.log(float(t)))))
+
+
+def fuse(
+    model_probs: np.ndarray, vote_probs: np.ndarray, weight: float, temperature: float = 1.0
+) -> np.ndarray:
+    """``weight * soften(model, temperature) + (1 - weight) * vote``, both ``(n, c)``; weight in
+    [0, 1]."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
     if model_probs.shape[1] == 0:
         return vote_probs
-    return weight * model_probs + (1.0 - weight) * vote_probs
+    return weight * soften(model_probs, temperature) + (1.0 - weight) * vote_probs
 
 
 def predict_categories(
@@ -51,18 +88,20 @@ def predict_categories(
     categories: Sequence[str],
     weight: float,
     temperature: float = 0.05,
+    model_temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fused category probabilities ``(n, c)`` over ``categories`` and the vote alone.
 
-    ``model_probs`` ``(n, c)`` from the category head (``c = 0``: no head, the vote decides);
-    ``similarities`` ``(n, k)`` and ``neighbour_categories`` the search hits' categories.
+    ``model_probs`` ``(n, c)`` from the category head (``c = 0``: no head, the vote decides),
+    softened at ``model_temperature`` before they are fused; ``similarities`` ``(n, k)`` and
+    ``neighbour_categories`` the search hits' categories, voting at ``temperature``.
     """
     index: Mapping[str, int] = {c: i for i, c in enumerate(categories)}
     labels = np.asarray(
         [[index.get(c, -1) for c in row] for row in neighbour_categories], dtype=np.int64
     ).reshape(similarities.shape)
     vote = knn_vote(similarities, labels, len(categories), temperature)
-    return fuse(model_probs, vote, weight), vote
+    return fuse(model_probs, vote, weight, model_temperature), vote
 
 
 def tune_fusion_weight(
@@ -70,12 +109,14 @@ def tune_fusion_weight(
     vote_probs: np.ndarray,
     truth: np.ndarray,
     grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 21), 2)),
+    model_temperature: float = 1.0,
 ) -> tuple[float, dict[float, float]]:
     """The weight of ``grid`` with the best top-1 accuracy against ``truth`` ``(n,) int64``
-    (ties: the one nearest 0.5), and the accuracy of every weight."""
+    (ties: the one nearest 0.5), and the accuracy of every weight (the head's probabilities
+    softened at ``model_temperature``)."""
+    model = soften(model_probs, model_temperature)
     scores = {
-        float(w): float((fuse(model_probs, vote_probs, float(w)).argmax(1) == truth).mean())
-        for w in grid
+        float(w): float((fuse(model, vote_probs, float(w)).argmax(1) == truth).mean()) for w in grid
     }
     best = max(scores, key=lambda w: (scores[w], -abs(w - 0.5)))
     return best, scores

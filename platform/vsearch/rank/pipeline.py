@@ -47,6 +47,8 @@ class QueryPolicy(BaseModel):
     #: ``vote_shortlist`` candidates rescored per shard, softmax ``vote_temperature``) the
     #: rest; 0 neighbours: the head alone, no vote search.
     fusion_weight: float = Field(0.5, ge=0, le=1)
+    #: The head's probabilities are softened at this temperature before the fusion.
+    model_temperature: float = Field(1.0, gt=0)
     vote_neighbours: int = Field(10, ge=0)
     vote_temperature: float = Field(0.05, gt=0)
     vote_shortlist: int = Field(64, ge=1)
@@ -65,6 +67,7 @@ class QueryPolicy(BaseModel):
         """The policy of a :class:`vsearch.config.Config`."""
         return cls(
             fusion_weight=cfg.category.fusion_weight,
+            model_temperature=cfg.category.model_temperature,
             vote_neighbours=cfg.category.vote_neighbours,
             vote_temperature=cfg.category.vote_temperature,
             vote_shortlist=cfg.category.vote_shortlist,
@@ -154,6 +157,7 @@ class QueryPipeline:
             category_names,
             self.policy.fusion_weight,
             self.policy.vote_temperature,
+            self.policy.model_temperature,
         )
         return fused[0], vote[0]
 
