@@ -280,10 +280,10 @@ class CategoryConfig(_Strict):
     #: Weight of the model in the fusion (1: model only, 0: vote only); tune it on a split you
     #: do not report (``vsearch evaluate`` prints the accuracy of every weight).
     fusion_weight: float = Field(0.5, ge=0, le=1)
-    #: Temperature of the head's probabilities before the fusion (``softmax(log(p) / T)``): a
-    #: head trained to near-zero loss is over-confident and outvotes any vote; T > 1 softens
-    #: it, 1 leaves it. ``vsearch evaluate`` reports the temperature fitted on its split
-    #: (least log-loss): set it from a split you do not report.
+    #: Temperature of the head's probabilities before the fusion (``softmax(log(p) / T)``):
+    #: T > 1 softens a head surer than it is right (the vote then decides more often), T < 1
+    #: sharpens a less sure one, 1 leaves it. ``vsearch evaluate`` reports the temperature of
+    #: least log-loss on its split: set it from a split you do not report.
     model_temperature: float = Field(1.0, gt=0)
     #: Nearest catalogue images that vote (searched over every shard before the routed
     #: search; 0: no vote, the head alone), and the softmax temperature of their similarities.
