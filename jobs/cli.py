@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = sub.add_parser("reindex", parents=[common], help="embed + index + publish")
     reindex.add_argument("--model-version", help="model to index with (default: latest)")
     evaluate = sub.add_parser("evaluate", parents=[common], help="offline recall of the index")
-    evaluate.add_argument("--no-baseline", action="store_true", help="skip the untrained model")
+    evaluate.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the baselines (pooled frozen backbone, untrained network)",
+    )
     dedup = sub.add_parser("dedup", parents=[common], help="find duplicate listings")
     dedup.add_argument(
         "--products", metavar="FILE", help="only these listings (ids, one per line, or Parquet)"
