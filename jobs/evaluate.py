@@ -142,17 +142,22 @@ def main(
     storage = storage_of(cfg)
     store = IndexStore(storage)
     manifest = store.manifest(version)  # first: on empty storage, fail before writing anything
+    if manifest.reference_count and cfg.category.reference_split == cfg.data.eval_split:
+        raise ValueError(
+            f"index {manifest.version} votes for categories with the labelled photos of split "
+            f"{cfg.data.eval_split!r} (category.reference_split), the split being evaluated: "
+            "each photo would find itself; evaluate another data.eval_split"
+        )
     ds = load_dataset(cfg)
     queries = ds.queries_of(cfg.data.eval_split)
     shards = store.load_shards(manifest)
-    # What the version serves: tombstoned rows of a delta version are left out.
-    live = [s.live_rows() for s in shards]
-    catalog_vectors = np.concatenate([s.float_rows(r) for s, r in zip(shards, live, strict=True)])
+    # What the version serves: tombstoned rows of a delta version are left out; the reference
+    # photos of the category vote are not catalogue images.
+    catalog = {e.name for e in manifest.catalog_shards}
+    live = [(s, s.live_rows()) for s in shards if s.name in catalog]
+    catalog_vectors = np.concatenate([s.float_rows(r) for s, r in live])
     catalog_meta = pa.concat_tables(
-        [
-            s.meta.select(list(META_COLUMNS)).take(pa.array(r))
-            for s, r in zip(shards, live, strict=True)
-        ]
+        [s.meta.select(list(META_COLUMNS)).take(pa.array(r)) for s, r in live]
     )
     models = ModelStore(storage)
     _, artifact = models.load(manifest.model_version)
@@ -187,8 +192,7 @@ def main(
     }
     # The service's query pipeline over the published version's own shards: each photo routed
     # by its category head, searched, merged and ranked as the service does.
-    category_of = {e.name: e.category for e in manifest.shards}
-    served = ShardedIndex((category_of[s.name], s) for s in shards)
+    served = ShardedIndex.of_entries(manifest.shards, shards)
     p2c = evaluate_retrieval(
         pred.embeddings, products, catalog_vectors, catalog_meta, canonical,
         category_probs=pred.category_probs, category_names=artifact.categories, index=served,
@@ -221,8 +225,9 @@ def main(
                 np.mean([r is None or t in r for r, t in zip(routes, truth_cats, strict=True)])
             ),
         }
-    # Category: the pipeline's vote (the nearest catalogue images over every shard of the
-    # index) and its fusion with the head, as in the service.
+    # Category: the pipeline's vote (the nearest labelled images over every shard of the
+    # index: catalogue images or reference photos) and its fusion with the head, as in the
+    # service.
     if artifact.categories:
         _, rows = exact_topk(pred.embeddings, catalog_vectors, 1)
         product_of_row = catalog_meta["product_id"].to_pylist()
@@ -235,6 +240,12 @@ def main(
             fine_truth=[canonical.get(p, p) for p in products],
             fine_search=[canonical.get(product_of_row[r[0]], product_of_row[r[0]]) for r in rows],
             model_temperature=cfg.category.model_temperature,
+        )
+        report["category"]["vote_gallery"] = pipeline.vote_gallery(served.galleries)
+        report["category"]["vote_gallery_images"] = (
+            manifest.reference_count
+            if report["category"]["vote_gallery"] == "reference"
+            else manifest.total_count
         )
     boxes = queries["box"].to_pylist()
     if any(b is not None for b in boxes):
@@ -335,6 +346,10 @@ def _print(report: dict[str, Any]) -> None:
         rows["category top-1 model / search / fused"] = (
             f"{cat['model_top1']:.3f} / {cat['search_top1']:.3f} / {cat['fused_top1']:.3f}"
         )
+        if "vote_gallery" in cat:
+            rows["category vote: gallery (images)"] = (
+                f"{cat['vote_gallery']} ({cat['vote_gallery_images']})"
+            )
         rows["category fusion: weight / head temperature (fitted here)"] = (
             f"{cat['fusion_weight']:.2f} / {cat['model_temperature']:g} "
             f"({cat.get('best_weight_here', float('nan')):.2f} / "

@@ -11,7 +11,7 @@ import time
 
 from jobs.common import ensure_dataset, print_summary, progress, storage_of, text_channel
 from vsearch.config import Config
-from vsearch.index.manifest import Manifest
+from vsearch.index.manifest import REFERENCE, Manifest
 from vsearch.index.shard import scans_exactly
 from vsearch.runtime.cluster import ray_session
 from vsearch.runtime.reindex import build_staged, peak_rss_bytes, stage_catalog
@@ -32,11 +32,18 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
     with ray_session(cfg.ray):
         staged = stage_catalog(cfg, model_version, prefix, staging)
         embed_s = time.perf_counter() - started
-        if staged.rows == 0:
+        if staged.rows == staged.reference_rows:
             storage.delete(posixpath.join(store.prefix, version))
             raise RuntimeError(
                 f"no catalogue image could be embedded ({len(staged.errors)} failed: "
                 f"{staged.error_counts()}); the published index is unchanged"
+            )
+        if cfg.category.vote_gallery == REFERENCE and staged.reference_rows == 0:
+            storage.delete(posixpath.join(store.prefix, version))
+            raise RuntimeError(
+                "category.vote_gallery is reference but no labelled photo of split "
+                f"{cfg.category.reference_split!r} (category.reference_split) could be embedded "
+                "from the dataset's queries; the published index is unchanged"
             )
         with progress(staged.rows, f"building {len(staged.shards)} shards", "vec") as bar:
             entries, worker_peak = build_staged(cfg, staged, version, bar.update)
@@ -44,7 +51,8 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
     # Product titles for hybrid queries (in the driver: one float16 vector per product).
     texts = text_channel(cfg, storage.read_table(posixpath.join(prefix, "catalog.parquet")))
     stats = {
-        "embedded": staged.rows,
+        "embedded": staged.rows - staged.reference_rows,
+        "reference_photos": staged.reference_rows,
         "skipped": len(staged.errors),
         "embed_seconds": round(embed_s, 3),
         "build_seconds": round(time.perf_counter() - started - embed_s, 3),
@@ -65,10 +73,18 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
                 manifest.version
             ),
             "model version": model_version,
-            "images embedded": staged.rows,
+            "images embedded": staged.rows - staged.reference_rows,
+            "reference photos embedded (category vote)": (
+                f"{staged.reference_rows} (split {cfg.category.reference_split})"
+                if cfg.category.vote_gallery == REFERENCE
+                else "off (the catalogue votes)"
+            ),
             "images skipped": len(staged.errors),
             **{f"  skipped: {k}": v for k, v in staged.error_counts().items()},
-            "shards": len(manifest.shards),
+            "shards (catalogue / reference photos)": (
+                f"{len(manifest.catalog_shards)} / "
+                f"{len(manifest.shards) - len(manifest.catalog_shards)}"
+            ),
             "tuned shortlists (min-max)": _span([e.shortlist for e in manifest.shards]),
             "shards searched by one exact scan": sum(
                 scans_exactly(e.shortlist, e.count, cfg.index.rescore_dtype)

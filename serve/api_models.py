@@ -40,7 +40,8 @@ class SearchResponse(BaseModel):
     )
     category: CategoryGuess | None = Field(
         description="the predicted category: the category head's softmax fused with the vote "
-        "of the nearest catalogue images (null: the model has no category head)"
+        "of the nearest labelled images, catalogue images or the index's reference photos "
+        "(null: the model has no category head)"
     )
     searched_categories: list[str] | None = Field(
         description="the categories whose shards were searched (null: all)"

@@ -38,6 +38,7 @@ from serve.api_models import (
 from serve.settings import EmbedderArgs, IngressArgs, RerankerArgs, SearcherArgs
 from vsearch.guards import BodyTooLargeError, RateLimiter, bearer_ok, load_token, read_limited
 from vsearch.imaging import QUERY_DECODE_SCALE, ImageDecodeError, decode_image, sniff_media_type
+from vsearch.index.manifest import CATALOG, ShardEntry
 from vsearch.index.searcher import Hit, ShardedIndex, assign_shards
 from vsearch.index.text import TextChannel
 from vsearch.rank.pipeline import QueryPipeline, QueryPlan
@@ -130,12 +131,11 @@ class ShardSearcher:
         if index_version in self.indexes:
             return
         manifest = self.store.manifest(index_version)
-        category = {e.name: e.category for e in manifest.shards}
         shards = self.store.load_shards(manifest, shard_names)
         if self.gpu is not None:
             for shard in shards:
                 shard.move_to_gpu(self.gpu)
-        self.indexes[index_version] = ShardedIndex((category[s.name], s) for s in shards)
+        self.indexes[index_version] = ShardedIndex.of_entries(manifest.shards, shards)
 
     def drop(self, keep: list[str]) -> None:
         """Forget every index version not in ``keep``."""
@@ -149,11 +149,13 @@ class ShardSearcher:
         k: int,
         shortlist: int | None,
         categories: list[str] | None,
+        gallery: str = CATALOG,
     ) -> tuple[str, list[Hit]]:
         index = self.indexes.get(index_version)
         if index is None:
             raise LookupError(f"index version {index_version} is not loaded on this searcher")
-        return index_version, index.search(vector.reshape(1, -1), k, shortlist, categories)[0]
+        hits = index.search(vector.reshape(1, -1), k, shortlist, categories, gallery)
+        return index_version, hits[0]
 
     def ping(self) -> bool:
         return True
@@ -223,13 +225,14 @@ api = FastAPI(
 @dataclass(frozen=True)
 class _Served:
     """One index version as the ingress serves it: its model, how its shards are spread over the
-    searchers, and the categories each searcher holds. A request reads it once, so every call it
-    makes names the same version."""
+    searchers, and the categories each searcher holds per gallery (catalogue images, reference
+    photos of the category vote). A request reads it once, so every call it makes names the
+    same version."""
 
     index_version: str
     model_version: str
     groups: list[list[str]]
-    searcher_categories: list[set[str]]
+    searcher_categories: list[dict[str, set[str]]]
     model_categories: list[str]
     shards: int
     catalog_images: int
@@ -247,13 +250,31 @@ class _Served:
             index_version=manifest.version,
             model_version=manifest.model_version,
             groups=[[e.name for e in g] for g in groups],
-            searcher_categories=[{e.category for e in g} for g in groups],
+            searcher_categories=[_categories_by_role(g) for g in groups],
             model_categories=list(artifact.categories),
             shards=len(manifest.shards),
             catalog_images=manifest.total_count,
             max_side=QUERY_DECODE_SCALE * artifact.spec.input_size,
             text=manifest.text is not None,
         )
+
+    @property
+    def galleries(self) -> set[str]:
+        """The galleries the version's shards hold."""
+        return set().union(*(held.keys() for held in self.searcher_categories))
+
+    @property
+    def categories(self) -> list[str]:
+        """The catalogue's categories."""
+        return sorted(set().union(*(held.get(CATALOG, set()) for held in self.searcher_categories)))
+
+
+def _categories_by_role(entries: list[ShardEntry]) -> dict[str, set[str]]:
+    """Role (gallery) -> the categories of ``entries`` in it."""
+    out: dict[str, set[str]] = {}
+    for e in entries:
+        out.setdefault(e.role, set()).add(e.category)
+    return out
 
 
 class _Catalogue:
@@ -468,7 +489,7 @@ class SearchIngress:
             "model_version": served.model_version,
             "shards": served.shards,
             "catalog_images": served.catalog_images,
-            "categories": sorted(set().union(*served.searcher_categories)),
+            "categories": served.categories,
             "reload_error": self.reload_error,
         }
 
@@ -615,8 +636,9 @@ class SearchIngress:
         names = served.model_categories
         vector = pred["embedding"]
         if self.pipeline.votes(names) and probs.size:
-            # Category fusion: the nearest catalogue images of every shard vote first.
-            vote_plan = self.pipeline.vote_plan()
+            # Category fusion: the nearest labelled images of every shard (catalogue images, or
+            # the version's reference photos) vote first.
+            vote_plan = self.pipeline.vote_plan(served.galleries)
             vote_hits = await self._search(served, vector, vote_plan)
             probs, _ = self.pipeline.categorise(probs, names, vote_hits)
             timings["vote"], mark = time.perf_counter() - mark, time.perf_counter()
@@ -657,16 +679,18 @@ class SearchIngress:
         }
 
     async def _search(self, served: _Served, vector: Any, plan: QueryPlan) -> list[list[Hit]]:
-        """The hit lists of the searchers holding ``plan``'s categories (all: every one)."""
+        """The hit lists of the searchers holding ``plan``'s categories (all: every one) in
+        ``plan``'s gallery."""
         wanted = plan.categories
         targets = [
             s
-            for s, cats in zip(self.searchers, served.searcher_categories, strict=True)
-            if cats and (wanted is None or cats.intersection(wanted))
+            for s, held in zip(self.searchers, served.searcher_categories, strict=True)
+            if (cats := held.get(plan.gallery)) and (wanted is None or cats.intersection(wanted))
         ]
         shortlist = plan.shortlist_or(self.args.shortlist)
         answers = await asyncio.gather(
-            *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted)
+            *(s.search.remote(served.index_version, vector, plan.images, shortlist, wanted,
+                              plan.gallery)
               for s in targets)
         )  # fmt: skip
         versions = {version for version, _ in answers}

@@ -285,9 +285,16 @@ class CategoryConfig(_Strict):
     #: sharpens a less sure one, 1 leaves it. ``vsearch evaluate`` reports the temperature of
     #: least log-loss on its split: set it from a split you do not report.
     model_temperature: float = Field(1.0, gt=0)
-    #: Nearest catalogue images that vote (searched over every shard before the routed
+    #: Nearest labelled images that vote (searched over every shard before the routed
     #: search; 0: no vote, the head alone), and the softmax temperature of their similarities.
     vote_neighbours: int = Field(10, ge=0)
+    #: Which images vote: ``catalog`` (the catalogue's own images), or ``reference``: the
+    #: labelled photos of the dataset's ``reference_split``, which the reindex job embeds into
+    #: reference shards that only the vote searches (Alibaba's labelled reference set; shopper
+    #: photos vote for shopper photos better than studio shots do). An index built without
+    #: them votes with the catalogue.
+    vote_gallery: Literal["catalog", "reference"] = "catalog"
+    reference_split: str = Field("train", min_length=1)
     vote_temperature: float = Field(0.05, gt=0)
     #: Candidates each shard rescores for the vote's search (every shard is searched, so it
     #: does not take the shards' tuned shortlists, which aim at recall@10 >= 0.95).

@@ -51,6 +51,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "ray.num_cpus=4",
             "serve.reload_interval_s=1",
             "serve.reload_grace_s=2",
+            # The train photos vote for the category: every request reads reference shards.
+            "category.vote_gallery=reference",
         ],
     )
     with ray_session(cfg.ray, cfg.serve):
@@ -97,6 +99,13 @@ def test_reindex_counts_and_skips_the_corrupt_image(running: Running) -> None:
     stats = running.manifest.stats
     assert stats["skipped"] == 1
     assert stats["embedded"] == running.catalog_rows - 1 == running.manifest.total_count
+    # The train split's photos were embedded into reference shards for the category vote.
+    from vsearch.storage import Storage, read_dataset
+
+    ds = read_dataset(Storage(running.cfg.storage), "datasets/synthetic")
+    train = ds.queries_of("train").num_rows
+    assert stats["reference_photos"] == train == running.manifest.reference_count > 0
+    assert {e.role for e in running.manifest.shards} == {"catalog", "reference"}
 
 
 def test_search_over_http(running: Running, client) -> None:
@@ -112,8 +121,13 @@ def test_search_over_http(running: Running, client) -> None:
     assert scores == sorted(scores, reverse=True)
     assert len({r["product_id"] for r in results}) == len(results)  # one row per product
     # One forward pass also gave the predicted category (which routed the search) and the box.
-    names = {e.category for e in running.manifest.shards}
+    names = set(running.manifest.categories)
     assert body["category"]["name"] in names and 0 < body["category"]["probability"] <= 1
+    from vsearch.storage import Storage, read_dataset
+
+    ds = read_dataset(Storage(running.cfg.storage), "datasets/synthetic")
+    catalogue = set(ds.catalog["image_id"].to_pylist())
+    assert {r["image_id"] for r in results} <= catalogue  # never a reference photo
     assert body["routed_by"] == "model" and body["category"]["name"] in body["searched_categories"]
     assert {r["category"] for r in results} <= set(body["searched_categories"])
     x0, y0, x1, y1 = body["box"]

@@ -158,6 +158,11 @@ def quality_markdown(report: Mapping[str, Any]) -> str:
             f"\nFusion weight {cat['fusion_weight']:.2f} (model share), the head softened at "
             f"temperature {cat.get('model_temperature', 1.0):g}."
         )
+        if "vote_gallery" in cat:
+            gallery = "reference photos" if cat["vote_gallery"] == "reference" else "catalogue"
+            lines.append(
+                f"The kNN vote searched the {gallery} ({cat['vote_gallery_images']} images)."
+            )
         if "best_weight_here" in cat:
             lines.append(
                 f"Fitted on this split (choose them on one you do not report): weight "

@@ -89,11 +89,12 @@ def evaluate_retrieval(
     quality, popularity); ``canonical`` maps duplicate product ids to the product they copy.
     Every query goes through the service's query pipeline (:class:`QueryPipeline` with
     ``policy``): its ``category_probs`` row over ``category_names`` fused with the vote of its
-    nearest catalogue images, routed by the fused probabilities (no category model: every
+    nearest labelled images (the catalogue's, or the reference photos ``index`` holds),
+    routed by the fused probabilities (no category model: every
     shard), searched for the pipeline's over-fetch, and ranked into ``PRODUCTS_ASKED`` products,
     folded and cut at 10; the report keeps each query's fused and vote probabilities. ``index``
-    is the index to search (e.g. a published version's shards, holding exactly
-    ``catalog_meta``'s images); without one the shards are built here as the reindex job
+    is the index to search (e.g. a published version's shards, whose catalogue shards hold
+    exactly ``catalog_meta``'s images); without one the shards are built here as the reindex job
     builds them (each shard's shortlist tuned to ``tuning``). ``shortlist`` overrides the tuned
     ones (a plan's own shortlist, the category vote's, wins over it). The exact
     reference ranks exact search's images through the same pipeline, unrouted; the index's
@@ -116,9 +117,10 @@ def evaluate_retrieval(
     def search(vector: np.ndarray, plan: QueryPlan) -> list[list[Hit]]:
         return [
             index.search(
-                vector.reshape(1, -1), plan.images, plan.shortlist_or(shortlist), plan.categories
+                vector.reshape(1, -1), plan.images, plan.shortlist_or(shortlist), plan.categories,
+                plan.gallery,
             )[0]
-        ]
+        ]  # fmt: skip
 
     def products(answer: list) -> list[str]:
         return canonical_ranking([p.product_id for p in answer], canonical, 10)
@@ -129,8 +131,9 @@ def evaluate_retrieval(
     for i, vector in enumerate(query_vectors):
         probs = category_probs[i] if category_probs is not None else none
         answer = pipeline.run(
-            {"embedding": vector, "category_probs": probs}, names, PRODUCTS_ASKED, search
-        )
+            {"embedding": vector, "category_probs": probs}, names, PRODUCTS_ASKED, search,
+            galleries=index.galleries,
+        )  # fmt: skip
         approx_ranked.append(products(answer.products))
         fused.append(answer.category_probs)
         if answer.vote_probs is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from vsearch.index.manifest import ShardEntry, sha256_hex
+from vsearch.index.manifest import CATALOG, Role, ShardEntry, sha256_hex
 from vsearch.index.shard import ShardIndex
 from vsearch.index.tuning import Tuning, TuningSpec, tune_search
 
@@ -23,17 +23,19 @@ _SLUG_CHARS = re.compile(r"[^a-z0-9]+")
 _SLUG_MAX = 40
 
 
-def shard_name(category: str, bucket: int) -> str:
-    """Filesystem-safe, stable shard name, unique per ``(category, bucket)``.
+def shard_name(category: str, bucket: int, role: Role = CATALOG) -> str:
+    """Filesystem-safe, stable shard name, unique per ``(category, bucket, role)``.
 
     ``"<slug>-<10 hex of sha1(category)>-b<bucket>"``, e.g. ``"drinks-soda-1a2b3c4d5e-b003"``; the
-    slug is for people, the hash keeps categories that slug alike apart. Only ``[a-z0-9-]``.
+    slug is for people, the hash keeps categories that slug alike apart. A shard of reference
+    photos is ``"ref-"`` and the same. Only ``[a-z0-9-]``.
     """
     if bucket < 0:
         raise ValueError(f"bucket must be >= 0, got {bucket}")
     slug = _SLUG_CHARS.sub("-", category.lower()).strip("-")[:_SLUG_MAX].strip("-") or "root"
     digest = hashlib.sha1(category.encode("utf-8")).hexdigest()[:10]
-    return f"{slug}-{digest}-b{bucket:03d}"
+    prefix = "" if role == CATALOG else "ref-"
+    return f"{prefix}{slug}-{digest}-b{bucket:03d}"
 
 
 def bucket_of(image_id: str, buckets: int) -> int:
@@ -53,6 +55,8 @@ class BuiltShard:
     tuning: Tuning | None = None
     #: A delta segment of rows added since the last full reindex (``vsearch.index.delta``).
     delta: bool = False
+    #: Catalogue images, or labelled reference photos for the category vote.
+    role: Role = CATALOG
 
     @property
     def name(self) -> str:
@@ -70,6 +74,7 @@ class BuiltShard:
             engine=self.index.engine,
             files={fname: sha256_hex(data) for fname, data in files.items()},
             delta=self.delta,
+            role=self.role,
         )
         if self.tuning is not None:
             t = self.tuning
@@ -117,14 +122,15 @@ def build_shard(
     ivf_above: int | None = None,
     large_engine: str = "pq",
     rescore_dtype: str = "float16",
+    role: Role = CATALOG,
 ) -> BuiltShard:
     """Build and tune the shard of ``(category, bucket)`` from its rows (what one parallel build
     task does; :func:`build_shards` does it for every group in one process)."""
     index = ShardIndex.build(
-        shard_name(category, bucket), vectors, meta, ivf_above, large_engine, rescore_dtype
+        shard_name(category, bucket, role), vectors, meta, ivf_above, large_engine, rescore_dtype
     )
     tuned = tune_search(index, tuning) if tuning is not None else None
-    return BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned)
+    return BuiltShard(category=category, bucket=bucket, index=index, tuning=tuned, role=role)
 
 
 def build_shards(

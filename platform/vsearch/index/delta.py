@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch.index.builder import BuiltShard, shard_groups, shard_name
-from vsearch.index.manifest import Manifest, ShardEntry
+from vsearch.index.manifest import CATALOG, Manifest, ShardEntry
 from vsearch.index.shard import META_COLUMNS, ShardIndex
 from vsearch.index.tuning import TuningSpec, tune_search
 
@@ -102,6 +102,9 @@ def plan_delta(
                 pooled.setdefault((entry.category, entry.bucket), []).append((vectors, meta))
             continue
         folder = entry.folder(manifest.version)
+        if entry.role != CATALOG:  # reference photos of the category vote: not the catalogue's
+            entries.append(entry.model_copy(update={"location": folder}))
+            continue
         deleted = set(entry.deleted_rows)
         if remove:
             ids = np.asarray(_ids(read_meta(entry)), dtype=object)

@@ -9,10 +9,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+#: What a shard holds: catalogue images (what searches return), or the labelled reference
+#: photos that only the category vote searches (``category.vote_gallery: reference``).
+Role = Literal["catalog", "reference"]
+CATALOG: Role = "catalog"
+REFERENCE: Role = "reference"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -49,6 +56,8 @@ class ShardEntry(BaseModel):
     #: A delta segment: rows added since the last full reindex, searched beside the base shard
     #: of the same (category, bucket).
     delta: bool = False
+    #: Catalogue images, or labelled reference photos (searched by the category vote only).
+    role: Role = CATALOG
 
     def folder(self, version: str) -> str:
         """The version folder that holds this shard's files, for a manifest of ``version``."""
@@ -116,18 +125,29 @@ class Manifest(BaseModel):
         return self
 
     @property
+    def catalog_shards(self) -> list[ShardEntry]:
+        """The shards of catalogue images (reference photos left out)."""
+        return [s for s in self.shards if s.role == CATALOG]
+
+    @property
     def categories(self) -> list[str]:
-        """Sorted distinct categories of the shards."""
-        return sorted({s.category for s in self.shards})
+        """Sorted distinct categories of the catalogue shards."""
+        return sorted({s.category for s in self.catalog_shards})
 
     @property
     def total_count(self) -> int:
-        """Rows searchable over all shards (tombstoned rows not counted)."""
-        return sum(s.count - len(s.deleted_rows) for s in self.shards)
+        """Catalogue images searchable over all shards (tombstoned rows not counted)."""
+        return sum(s.count - len(s.deleted_rows) for s in self.catalog_shards)
+
+    @property
+    def reference_count(self) -> int:
+        """Labelled reference photos held for the category vote (0: it votes with the
+        catalogue)."""
+        return sum(s.count for s in self.shards if s.role == REFERENCE)
 
     def shards_for(self, category: str) -> list[ShardEntry]:
-        """The shards holding ``category`` (empty when none)."""
-        return [s for s in self.shards if s.category == category]
+        """The catalogue shards holding ``category`` (empty when none)."""
+        return [s for s in self.catalog_shards if s.category == category]
 
     def to_json(self) -> str:
         """Serialise to a JSON string (indented, stable key order)."""

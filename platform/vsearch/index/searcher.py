@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from vsearch.index.builder import BuiltShard
-from vsearch.index.manifest import ShardEntry
+from vsearch.index.manifest import CATALOG, ShardEntry
 from vsearch.index.shard import META_COLUMNS, ShardIndex
 
 
@@ -67,10 +67,16 @@ def merge_topk(
 
 
 class ShardedIndex:
-    """Many :class:`ShardIndex` of one width, each tagged with the category it holds."""
+    """Many :class:`ShardIndex` of one width, each tagged with the category it holds and its
+    role: catalogue images, or labelled reference photos that only the category vote searches."""
 
-    def __init__(self, shards: Iterable[tuple[str, ShardIndex]]) -> None:
-        """``shards``: (category, shard) pairs; names must be unique and widths equal."""
+    def __init__(
+        self,
+        shards: Iterable[tuple[str, ShardIndex]],
+        roles: Mapping[str, str] | None = None,
+    ) -> None:
+        """``shards``: (category, shard) pairs; names must be unique and widths equal.
+        ``roles``: shard name -> role (``"catalog"`` when not named)."""
         self._shards: list[tuple[str, ShardIndex]] = list(shards)
         names = [s.name for _, s in self._shards]
         if len(set(names)) != len(names):
@@ -79,11 +85,32 @@ class ShardedIndex:
         if len(dims) > 1:
             raise ValueError(f"shards have different widths {sorted(dims)}")
         self._dim = dims.pop() if dims else None
+        roles = roles or {}
+        self._roles = [roles.get(name, CATALOG) for name in names]
 
     @classmethod
     def from_built(cls, built: Iterable[BuiltShard]) -> ShardedIndex:
         """An index over the output of :func:`~vsearch.index.builder.build_shards`."""
-        return cls((b.category, b.index) for b in built)
+        built = list(built)
+        return cls(((b.category, b.index) for b in built), {b.name: b.role for b in built})
+
+    @classmethod
+    def of_entries(
+        cls, entries: Iterable[ShardEntry], shards: Iterable[ShardIndex]
+    ) -> ShardedIndex:
+        """An index over loaded ``shards``, their categories and roles from their manifest
+        ``entries`` (a superset: a searcher loads only its own group)."""
+        by_name = {e.name: e for e in entries}
+        shards = list(shards)
+        return cls(
+            ((by_name[s.name].category, s) for s in shards),
+            {s.name: by_name[s.name].role for s in shards},
+        )
+
+    @property
+    def galleries(self) -> set[str]:
+        """The roles of the shards held (``"catalog"``, ``"reference"``)."""
+        return set(self._roles)
 
     @property
     def dim(self) -> int | None:
@@ -92,8 +119,10 @@ class ShardedIndex:
 
     @property
     def categories(self) -> list[str]:
-        """Sorted distinct categories held."""
-        return sorted({c for c, _ in self._shards})
+        """Sorted distinct categories of the catalogue shards held."""
+        return sorted(
+            {c for (c, _), r in zip(self._shards, self._roles, strict=True) if r == CATALOG}
+        )
 
     @property
     def shards(self) -> list[tuple[str, ShardIndex]]:
@@ -109,8 +138,10 @@ class ShardedIndex:
         k: int,
         shortlist: int | None = None,
         categories: list[str] | None = None,
+        gallery: str = CATALOG,
     ) -> list[list[Hit]]:
-        """Global top-``k`` hits per query over the shards of ``categories``.
+        """Global top-``k`` hits per query over the ``gallery`` shards (``"catalog"``, or the
+        vote's ``"reference"`` photos) of ``categories``.
 
         ``queries``: (m, d) float (normalised by each shard). ``shortlist`` is the Hamming
         shortlist per shard (see :meth:`ShardIndex.search`); None: each shard's tuned one.
@@ -125,7 +156,11 @@ class ShardedIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         m = queries.shape[0]
         wanted = None if categories is None else set(categories)
-        selected = [s for c, s in self._shards if (wanted is None or c in wanted) and len(s) > 0]
+        selected = [
+            s
+            for (c, s), role in zip(self._shards, self._roles, strict=True)
+            if role == gallery and (wanted is None or c in wanted) and len(s) > 0
+        ]
         if not selected or m == 0:
             return [[] for _ in range(m)]
         per_shard = [s.search(queries, k, shortlist) for s in selected]

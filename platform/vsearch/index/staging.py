@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch.index.builder import shard_groups, shard_name
+from vsearch.index.manifest import CATALOG, Role
 from vsearch.index.shard import META_COLUMNS
 
 __all__ = ["decode_staged", "encode_staged", "stage_groups"]
@@ -46,12 +47,13 @@ def decode_staged(table: pa.Table) -> tuple[np.ndarray, pa.Table]:
 
 
 def stage_groups(
-    vectors: np.ndarray, meta: pa.Table, buckets_per_category: int
+    vectors: np.ndarray, meta: pa.Table, buckets_per_category: int, role: Role = CATALOG
 ) -> dict[str, tuple[str, int, pa.Table]]:
     """Split rows by shard: ``{shard name: (category, bucket, staged table)}`` with the bucket
-    of each image id as :func:`~vsearch.index.builder.build_shards` assigns it."""
+    of each image id as :func:`~vsearch.index.builder.build_shards` assigns it (the names of
+    ``role``'s shards)."""
     return {
-        shard_name(category, bucket): (
+        shard_name(category, bucket, role): (
             category,
             bucket,
             encode_staged(vectors[rows], meta.take(pa.array(rows))),

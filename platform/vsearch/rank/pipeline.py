@@ -3,7 +3,8 @@ offline evaluation so that their figures agree by construction.
 
     decode -> embed (one forward pass: embedding, subject box, category probabilities)
       -> categorise: the category head's softmax fused with a kNN vote of the query's nearest
-         catalogue images over every shard (Alibaba's category prediction)
+         labelled images over every shard (Alibaba's category prediction): catalogue images,
+         or the index's reference photos (``category.vote_gallery``)
       -> plan: route to the shards of the most probable categories (a request's filter wins),
          and how many images each searcher returns for k products (the over-fetch policy)
       -> search: shortlist + rescore in each routed shard, per searcher
@@ -19,13 +20,14 @@ ingress and re-ranker call the same ``categorise``, ``plan`` and ``rank``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from vsearch.index.manifest import CATALOG, Role
 from vsearch.index.searcher import Hit
 from vsearch.index.text import TextChannel
 from vsearch.rank.fusion import predict_categories
@@ -43,7 +45,7 @@ class QueryPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: Category fusion: the head's softmax weighs ``fusion_weight``, the similarity-weighted
-    #: vote of the query's ``vote_neighbours`` nearest catalogue images (every shard searched,
+    #: vote of the query's ``vote_neighbours`` nearest labelled images (every shard searched,
     #: ``vote_shortlist`` candidates rescored per shard, softmax ``vote_temperature``) the
     #: rest; 0 neighbours: the head alone, no vote search.
     fusion_weight: float = Field(0.5, ge=0, le=1)
@@ -52,6 +54,9 @@ class QueryPolicy(BaseModel):
     vote_neighbours: int = Field(10, ge=0)
     vote_temperature: float = Field(0.05, gt=0)
     vote_shortlist: int = Field(64, ge=1)
+    #: The images that vote: the catalogue's, or the labelled reference photos the index holds
+    #: (``category.vote_gallery``; an index without them votes with the catalogue).
+    vote_gallery: Role = CATALOG
     #: Route to the most probable categories until their probability reaches ``route_mass``
     #: (at most ``route_max``); 0 searches every shard.
     route_mass: float = Field(0.9, ge=0, le=1)
@@ -71,6 +76,7 @@ class QueryPolicy(BaseModel):
             vote_neighbours=cfg.category.vote_neighbours,
             vote_temperature=cfg.category.vote_temperature,
             vote_shortlist=cfg.category.vote_shortlist,
+            vote_gallery=cfg.category.vote_gallery,
             route_mass=cfg.category.route_mass,
             route_max=cfg.category.route_max,
             quality_weight=cfg.rank.quality_weight,
@@ -82,8 +88,9 @@ class QueryPolicy(BaseModel):
 @dataclass(frozen=True)
 class QueryPlan:
     """What one query searches: ``k`` products from ``images`` images per searcher in the
-    shards of ``categories`` (None: all), and why (``routed_by``); ``shortlist``: candidates
-    rescored per shard (None: each shard's tuned one, or the caller's override)."""
+    ``gallery`` shards of ``categories`` (None: all), and why (``routed_by``); ``shortlist``:
+    candidates rescored per shard (None: each shard's tuned one, or the caller's override).
+    Product searches read the catalogue; the category vote may read the reference photos."""
 
     k: int
     categories: list[str] | None
@@ -91,6 +98,7 @@ class QueryPlan:
     images: int
     hybrid: bool
     shortlist: int | None = None
+    gallery: Role = CATALOG
 
     def shortlist_or(self, default: int | None) -> int | None:
         """This plan's shortlist, else ``default`` (a caller's ``index.shortlist``)."""
@@ -127,12 +135,18 @@ class QueryPipeline:
         """Whether a query runs the vote search (a category model and ``vote_neighbours`` > 0)."""
         return self.policy.vote_neighbours > 0 and len(category_names) > 0
 
-    def vote_plan(self) -> QueryPlan:
-        """The vote's search: the ``vote_neighbours`` nearest images over every shard, each
-        shard rescoring ``vote_shortlist`` candidates (neighbours that vote need to be near,
-        not exact, and every shard is searched)."""
+    def vote_plan(self, galleries: Collection[str] = (CATALOG,)) -> QueryPlan:
+        """The vote's search: the ``vote_neighbours`` nearest images over every shard of the
+        policy's ``vote_gallery`` (the catalogue's when the index, holding ``galleries``, has
+        no reference photos), each shard rescoring ``vote_shortlist`` candidates (neighbours
+        that vote need to be near, not exact, and every shard is searched)."""
         n = self.policy.vote_neighbours
-        return QueryPlan(n, None, "all", n, False, self.policy.vote_shortlist)
+        gallery = self.policy.vote_gallery if self.policy.vote_gallery in galleries else CATALOG
+        return QueryPlan(n, None, "all", n, False, self.policy.vote_shortlist, gallery)
+
+    def vote_gallery(self, galleries: Collection[str]) -> Role:
+        """The gallery that votes for an index holding ``galleries``."""
+        return self.vote_plan(galleries).gallery
 
     def categorise(
         self,
@@ -210,16 +224,18 @@ class QueryPipeline:
         categories: Sequence[str] | None = None,
         text_vector: np.ndarray | None = None,
         channel: TextChannel | None = None,
+        galleries: Collection[str] = (CATALOG,),
     ) -> QueryAnswer:
         """The whole path in this process, from one photo's ``prediction`` (``embedding``,
         ``category_probs``, ``box``: the query model's forward pass) and a ``search`` stage
-        (called twice with a vote: the vote's plan, then the routed one)."""
+        (called twice with a vote: the vote's plan, then the routed one) over an index holding
+        ``galleries``."""
         probs = np.asarray(prediction["category_probs"], dtype=np.float32).reshape(-1)
         embedding = np.asarray(prediction["embedding"])
         vote = None
         if self.votes(category_names) and probs.size:
             probs, vote = self.categorise(
-                probs, category_names, search(embedding, self.vote_plan())
+                probs, category_names, search(embedding, self.vote_plan(galleries))
             )
         plan = self.plan(probs, category_names, k, categories, hybrid=text_vector is not None)
         hit_lists = search(embedding, plan)

@@ -180,13 +180,14 @@ class IndexStore:
         dim: int,
         stats: dict[str, int | float],
     ) -> Manifest:
-        """The manifest of ``version`` over shards already written (in (category, bucket) order)."""
+        """The manifest of ``version`` over shards already written (catalogue shards first, in
+        (category, bucket) order)."""
         return Manifest(
             version=version,
             model_version=model_version,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             dim=dim,
-            shards=sorted(entries, key=lambda e: (e.category, e.bucket, e.delta)),
+            shards=sorted(entries, key=_shard_order),
             stats=stats,
         )
 
@@ -197,9 +198,7 @@ class IndexStore:
         delta segments' files go under ``version``; its base entries point at their folders.
         Returns its manifest, not yet published."""
         written = self.write_version(version, plan.deltas, base.model_version, base.dim, stats)
-        shards = sorted(
-            [*plan.entries, *written.shards], key=lambda e: (e.category, e.bucket, e.delta)
-        )
+        shards = sorted([*plan.entries, *written.shards], key=_shard_order)
         return written.model_copy(update={"shards": shards, "base_version": base.version})
 
     def write_text(self, version: str, channel: TextChannel) -> TextEntry:
@@ -455,3 +454,8 @@ def _check_digest(shard: str, file: str, actual: str, expected: str) -> None:
             f"shard {shard!r}: checksum mismatch for file {file!r} "
             f"(expected {expected}, got {actual})"
         )
+
+
+def _shard_order(entry: ShardEntry) -> tuple[str, str, int, bool]:
+    """A manifest's shard order: by role (catalogue first), category, bucket, base before delta."""
+    return (entry.role, entry.category, entry.bucket, entry.delta)
