@@ -71,6 +71,9 @@ class Health(BaseModel):
     model_version: str
     shards: int
     catalog_images: int
+    reference_photos: int = Field(
+        0, description="labelled photos that only the category vote searches (0: none)"
+    )
     categories: list[str]
     reload_error: str | None
 

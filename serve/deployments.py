@@ -236,6 +236,7 @@ class _Served:
     model_categories: list[str]
     shards: int
     catalog_images: int
+    reference_photos: int
     max_side: int
     #: Whether the version has a text channel (hybrid queries).
     text: bool
@@ -254,6 +255,7 @@ class _Served:
             model_categories=list(artifact.categories),
             shards=len(manifest.shards),
             catalog_images=manifest.total_count,
+            reference_photos=manifest.reference_count,
             max_side=QUERY_DECODE_SCALE * artifact.spec.input_size,
             text=manifest.text is not None,
         )
@@ -489,6 +491,7 @@ class SearchIngress:
             "model_version": served.model_version,
             "shards": served.shards,
             "catalog_images": served.catalog_images,
+            "reference_photos": served.reference_photos,
             "categories": served.categories,
             "reload_error": self.reload_error,
         }

@@ -100,11 +100,13 @@ def test_reindex_counts_and_skips_the_corrupt_image(running: Running) -> None:
     assert stats["skipped"] == 1
     assert stats["embedded"] == running.catalog_rows - 1 == running.manifest.total_count
     # The train split's photos were embedded into reference shards for the category vote.
+    from serve.client import SearchClient
     from vsearch.storage import Storage, read_dataset
 
     ds = read_dataset(Storage(running.cfg.storage), "datasets/synthetic")
     train = ds.queries_of("train").num_rows
     assert stats["reference_photos"] == train == running.manifest.reference_count > 0
+    assert SearchClient(running.url).health()["reference_photos"] == train
     assert {e.role for e in running.manifest.shards} == {"catalog", "reference"}
 
 
