@@ -32,7 +32,7 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
     with ray_session(cfg.ray):
         staged = stage_catalog(cfg, model_version, prefix, staging)
         embed_s = time.perf_counter() - started
-        if staged.rows == staged.reference_rows:
+        if staged.catalog_rows == 0:
             storage.delete(posixpath.join(store.prefix, version))
             raise RuntimeError(
                 f"no catalogue image could be embedded ({len(staged.errors)} failed: "
@@ -51,7 +51,7 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
     # Product titles for hybrid queries (in the driver: one float16 vector per product).
     texts = text_channel(cfg, storage.read_table(posixpath.join(prefix, "catalog.parquet")))
     stats = {
-        "embedded": staged.rows - staged.reference_rows,
+        "embedded": staged.catalog_rows,
         "reference_photos": staged.reference_rows,
         "skipped": len(staged.errors),
         "embed_seconds": round(embed_s, 3),
@@ -73,7 +73,7 @@ def main(cfg: Config, model_version: str | None = None, publish: bool = True) ->
                 manifest.version
             ),
             "model version": model_version,
-            "images embedded": staged.rows - staged.reference_rows,
+            "images embedded": staged.catalog_rows,
             "reference photos embedded (category vote)": (
                 f"{staged.reference_rows} (split {cfg.category.reference_split})"
                 if cfg.category.vote_gallery == REFERENCE

@@ -240,6 +240,8 @@ class _Served:
     max_side: int
     #: Whether the version has a text channel (hybrid queries).
     text: bool
+    #: The galleries its shards hold (catalogue, reference photos of the category vote).
+    galleries: frozenset[str]
 
     @classmethod
     def of(cls, storage: Storage, version: str | None, searchers: int) -> "_Served":
@@ -258,12 +260,8 @@ class _Served:
             reference_photos=manifest.reference_count,
             max_side=QUERY_DECODE_SCALE * artifact.spec.input_size,
             text=manifest.text is not None,
+            galleries=frozenset(e.role for e in manifest.shards),
         )
-
-    @property
-    def galleries(self) -> set[str]:
-        """The galleries the version's shards hold."""
-        return set().union(*(held.keys() for held in self.searcher_categories))
 
     @property
     def categories(self) -> list[str]:

@@ -77,16 +77,18 @@ class ShardedIndex:
     ) -> None:
         """``shards``: (category, shard) pairs; names must be unique and widths equal.
         ``roles``: shard name -> role (``"catalog"`` when not named)."""
-        self._shards: list[tuple[str, ShardIndex]] = list(shards)
-        names = [s.name for _, s in self._shards]
+        roles = roles or {}
+        #: (category, role, shard) of every shard, in construction order.
+        self._shards: list[tuple[str, str, ShardIndex]] = [
+            (c, roles.get(s.name, CATALOG), s) for c, s in shards
+        ]
+        names = [s.name for _, _, s in self._shards]
         if len(set(names)) != len(names):
             raise ValueError("shard names must be unique")
-        dims = {s.dim for _, s in self._shards}
+        dims = {s.dim for _, _, s in self._shards}
         if len(dims) > 1:
             raise ValueError(f"shards have different widths {sorted(dims)}")
         self._dim = dims.pop() if dims else None
-        roles = roles or {}
-        self._roles = [roles.get(name, CATALOG) for name in names]
 
     @classmethod
     def from_built(cls, built: Iterable[BuiltShard]) -> ShardedIndex:
@@ -110,7 +112,7 @@ class ShardedIndex:
     @property
     def galleries(self) -> set[str]:
         """The roles of the shards held (``"catalog"``, ``"reference"``)."""
-        return set(self._roles)
+        return {r for _, r, _ in self._shards}
 
     @property
     def dim(self) -> int | None:
@@ -120,17 +122,15 @@ class ShardedIndex:
     @property
     def categories(self) -> list[str]:
         """Sorted distinct categories of the catalogue shards held."""
-        return sorted(
-            {c for (c, _), r in zip(self._shards, self._roles, strict=True) if r == CATALOG}
-        )
+        return sorted({c for c, r, _ in self._shards if r == CATALOG})
 
     @property
     def shards(self) -> list[tuple[str, ShardIndex]]:
         """(category, shard) pairs, in construction order."""
-        return list(self._shards)
+        return [(c, s) for c, _, s in self._shards]
 
     def __len__(self) -> int:
-        return sum(len(s) for _, s in self._shards)
+        return sum(len(s) for _, _, s in self._shards)
 
     def search(
         self,
@@ -158,7 +158,7 @@ class ShardedIndex:
         wanted = None if categories is None else set(categories)
         selected = [
             s
-            for (c, s), role in zip(self._shards, self._roles, strict=True)
+            for c, role, s in self._shards
             if role == gallery and (wanted is None or c in wanted) and len(s) > 0
         ]
         if not selected or m == 0:

@@ -62,6 +62,11 @@ class StagedCatalog:
         return sum(n for _, _, n, _ in self.shards.values())
 
     @property
+    def catalog_rows(self) -> int:
+        """Embedded catalogue images (reference photos left out)."""
+        return self.rows - self.reference_rows
+
+    @property
     def reference_rows(self) -> int:
         """Embedded reference photos (the category vote's gallery)."""
         return sum(n for _, _, n, role in self.shards.values() if role == REFERENCE)
