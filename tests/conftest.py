@@ -108,16 +108,29 @@ ray.shutdown()
 
 
 @contextmanager
-def dashboard_head(port: int, env: dict[str, str], num_cpus: int = 2) -> Iterator[None]:
-    """A local Ray head in its own process, its dashboard on 127.0.0.1:``port``; shut down on
-    exit (its stdin closed, killed after 60 s)."""
-    head = subprocess.Popen(
-        [sys.executable, "-c", _HEAD, str(port), str(num_cpus)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
-    )  # fmt: skip
+def dashboard_head(env: dict[str, str], num_cpus: int = 2, tries: int = 3) -> Iterator[int]:
+    """A local Ray head in its own process, its dashboard on 127.0.0.1 at the port it yields;
+    shut down on exit (its stdin closed, killed after 60 s). A head that fails to start (its
+    dashboard port taken in the moment between choosing and binding it) is retried on another
+    port."""
+    from vsearch.runtime.cluster import free_port
+
+    for attempt in range(tries):
+        port = free_port()
+        head = subprocess.Popen(
+            [sys.executable, "-c", _HEAD, str(port), str(num_cpus)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        )  # fmt: skip
+        assert head.stdout is not None
+        if head.stdout.readline().strip() == "ready":
+            break
+        head.wait(timeout=60)
+        if attempt == tries - 1:
+            raise AssertionError(
+                f"the Ray head did not start in {tries} tries (exit {head.returncode})"
+            )
     try:
-        assert head.stdout is not None and head.stdout.readline().strip() == "ready"
-        yield
+        yield port
     finally:
         if head.stdin is not None:
             head.stdin.close()

@@ -21,15 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_submitted_job_runs_on_the_cluster_it_was_submitted_to(tmp_path: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from vsearch.runtime.cluster import free_port
-
-    port = free_port()
     # The head requires a token (Ray's token auth); the job's driver inherits it, and the
     # client sends it.
     token = secrets.token_hex(16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # fmt: skip
-    with dashboard_head(port, env):
+    with dashboard_head(env) as port:
         client = JobSubmissionClient(
             f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
         )

@@ -48,7 +48,7 @@ def test_the_shipped_serve_config_deploys_and_answers(tmp_path: Path) -> None:
     from vsearch.runtime.cluster import free_port
 
     version, photo = _published_tiny_index(tmp_path / "store")
-    dashboard, http_port = free_port(), free_port()
+    http_port = free_port()
     token = secrets.token_hex(16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "VSEARCH_STORAGE": str(tmp_path / "store"), "VSEARCH_API_TOKEN": token}  # fmt: skip
@@ -57,7 +57,7 @@ def test_the_shipped_serve_config_deploys_and_answers(tmp_path: Path) -> None:
     deploy_file = tmp_path / "serve.yaml"
     deploy_file.write_text(yaml.safe_dump(conf))
 
-    with dashboard_head(dashboard, env, num_cpus=4):
+    with dashboard_head(env, num_cpus=4) as dashboard:
         serve_cli = Path(sys.executable).with_name("serve")
         address = f"http://127.0.0.1:{dashboard}"
         # The dashboard's Serve API comes up a little after the head: retry a short while.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 
@@ -77,8 +79,42 @@ def serve_env(cfg: ServeConfig | None) -> dict[str, str]:
 LOCAL_SERVE_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "120"}
 
 
+#: Ray's workers take ports up to 19999 by default (``--max-worker-port``).
+_ABOVE_RAY_WORKERS = 20000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the OS hands out for ``bind(port 0)`` (Linux; the common default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
+    """A TCP port that was free on ``host`` a moment ago.
+
+    Chosen at random between Ray's worker ports and the OS's ephemeral range, so that a process
+    started next (a Ray head's GCS, raylet and agents bind port 0, i.e. the ephemeral range) cannot
+    be handed the same port before its owner binds it. Falls back to an ephemeral port when that
+    band is missing or full."""
+    low, _ = _ephemeral_ports()
+    if low - _ABOVE_RAY_WORKERS >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(64):
+            port = rng.randrange(_ABOVE_RAY_WORKERS, low)
+            if _is_free(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
