@@ -19,6 +19,15 @@ def test_free_ports_are_free_and_outside_the_ephemeral_range() -> None:
             sock.bind(("127.0.0.1", port))
 
 
+def test_no_port_is_handed_out_twice(monkeypatch) -> None:
+    # A band of 1,000 ports: 200 draws without the memory would repeat one almost surely.
+    monkeypatch.setattr(cluster, "_ABOVE_RAY_WORKERS", 21000)
+    monkeypatch.setattr(cluster, "_ephemeral_ports", lambda: (22000, 60999))
+    monkeypatch.setattr(cluster, "_HANDED_OUT", cluster.collections.deque(maxlen=256))
+    ports = [cluster.free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
 def test_a_taken_port_is_not_handed_out(monkeypatch) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))

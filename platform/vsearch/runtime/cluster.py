@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -113,11 +114,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         rng = random.SystemRandom()
         for _ in range(64):
             port = rng.randrange(_ABOVE_RAY_WORKERS, low)
-            if _is_free(host, port):
-                return port
+            if port not in _HANDED_OUT and _is_free(host, port):
+                return _hand_out(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        return _hand_out(int(sock.getsockname()[1]))
+
+
+#: The ports this process was handed most recently: none is handed out twice while its owner
+#: may not have bound it yet (several ports for one ``ray start`` are chosen before it runs).
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)
+
+
+def _hand_out(port: int) -> int:
+    _HANDED_OUT.append(port)
+    return port
 
 
 def quiet_ray_data() -> None:
