@@ -127,6 +127,12 @@ def test_the_photos_are_dealt_to_workers_by_source_image(cached) -> None:
             assert positions == sorted(positions)
         again = split_by_source(photos, world)
         assert [s["image_uri"] for s in shards] == [s["image_uri"] for s in again]
+        # ... of the set of rows, not of their order (rows come grouped by cache part, and a
+        # map's part depends on which task computed it).
+        shuffled = photos.take(np.random.default_rng(world).permutation(photos.num_rows))
+        assert [set(s["image_uri"].to_pylist()) for s in split_by_source(shuffled, world)] == [
+            set(s["image_uri"].to_pylist()) for s in shards
+        ]
     # Two workers: each holds photos of (nearly) every product, not half the catalogue.
     products = set(photos["product_id"].to_pylist())
     for shard in split_by_source(photos, 2):

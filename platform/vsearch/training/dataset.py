@@ -179,20 +179,21 @@ def _column(
 
 
 def split_by_source(rows: pa.Table, world: int) -> list[pa.Table]:
-    """The photo rows of each of ``world`` training workers: a fixed function of the rows, so
-    that a run trains on the same shards whatever order Ray Data delivers blocks in.
+    """The photo rows of each of ``world`` training workers: a fixed function of the set of
+    rows, so that a run trains on the same shards whatever order the rows come in (they come
+    grouped by the feature-cache part holding their maps, and which part a map lands in depends
+    on which Ray Data task computed it).
 
-    Source images (``source_uri``) are dealt round-robin in the order they first appear, so
-    every view of an image lands on one worker, each worker holds a share of nearly every
-    product's photos, and the shares differ by at most one image. Each shard keeps the rows' order
-    (readers of cached maps rely on rows of one cache part sitting side by side).
+    Source images (``source_uri``) are dealt round-robin in sorted order, so every view of an
+    image lands on one worker, each worker holds a share of nearly every product's photos, and
+    the shares differ by at most one image. Each shard keeps the rows' order (readers of cached
+    maps rely on rows of one cache part sitting side by side).
     """
     if world < 1:
         raise ValueError(f"cannot split the photos across {world} workers")
-    rank_of: dict[str, int] = {}
-    ranks = np.empty(rows.num_rows, dtype=np.int64)
-    for i, source in enumerate(rows["source_uri"].to_pylist()):
-        ranks[i] = rank_of.setdefault(source, len(rank_of) % world)
+    sources = rows["source_uri"].to_pylist()
+    rank_of = {source: i % world for i, source in enumerate(sorted(set(sources)))}
+    ranks = np.fromiter((rank_of[s] for s in sources), dtype=np.int64, count=len(sources))
     return [rows.filter(pa.array(ranks == rank)) for rank in range(world)]
 
 
