@@ -83,6 +83,10 @@ LOCAL_SERVE_ENV = {"RAY_SERVE_SLOW_STARTUP_WARNING_S": "120"}
 #: Ray's workers take ports up to 19999 by default (``--max-worker-port``).
 _ABOVE_RAY_WORKERS = 20000
 
+#: The ports this process was handed most recently: none is handed out twice while its owner
+#: may not have bound it yet (several ports for one ``ray start`` are chosen before it runs).
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)
+
 
 def _ephemeral_ports() -> tuple[int, int]:
     """The range the OS hands out for ``bind(port 0)`` (Linux; the common default elsewhere)."""
@@ -91,6 +95,11 @@ def _ephemeral_ports() -> tuple[int, int]:
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999
+
+
+def _hand_out(port: int) -> int:
+    _HANDED_OUT.append(port)
+    return port
 
 
 def _is_free(host: str, port: int) -> bool:
@@ -119,16 +128,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return _hand_out(int(sock.getsockname()[1]))
-
-
-#: The ports this process was handed most recently: none is handed out twice while its owner
-#: may not have bound it yet (several ports for one ``ray start`` are chosen before it runs).
-_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)
-
-
-def _hand_out(port: int) -> int:
-    _HANDED_OUT.append(port)
-    return port
 
 
 def quiet_ray_data() -> None:
