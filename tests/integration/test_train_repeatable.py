@@ -14,7 +14,7 @@ from vsearch.config import Config
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_two_runs_train_the_same_model(tiny_config: Config) -> None:
+def test_two_runs_train_the_same_model(tiny_config: Config, capfd: pytest.CaptureFixture) -> None:
     from jobs import train
     from vsearch.storage import ModelStore, Storage
 
@@ -32,3 +32,9 @@ def test_two_runs_train_the_same_model(tiny_config: Config) -> None:
     differing = [k for k in first if not torch.equal(first[k], second[k])]
     assert not differing, f"the runs' weights differ in {differing[:5]}"
     assert models[0].info["final_loss"] == models[1].info["final_loss"]
+
+    # What a user sees: the workers' progress lines, not Ray Train's own INFO lines.
+    out = "".join(capfd.readouterr())
+    assert "[train] epoch 2/2" in out
+    for line in ("Attempting to start training worker group", "Setting up process group"):
+        assert line not in out

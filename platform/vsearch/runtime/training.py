@@ -19,6 +19,7 @@ from ray.train import (
     CheckpointConfig,
     DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
 )
@@ -243,6 +244,10 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # A failed worker restarts the whole group from the last reported checkpoint.
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            # Ray Train's own INFO lines (resources requested, the worker group's ranks, the
+            # process group) need no action; its warnings and errors still show. Our progress
+            # lines are the workers' prints, which this does not touch.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()
