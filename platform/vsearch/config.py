@@ -348,8 +348,9 @@ class IndexConfig(_Strict):
     #: CPUs each shard-build task of the reindex asks for (every shard is built in its own task
     #: from its own staged rows).
     build_cpus: float = Field(1.0, gt=0)
-    #: Memory Ray reserves for each embedding actor (feature cache, reindex); about 1.2 GiB was
-    #: measured for the ONNX Xception at its batches of 8.
+    #: Memory Ray reserves for each embedding actor (feature cache, reindex): a process running
+    #: the ONNX Xception peaks at about 0.6 GiB (one image a call; 0.9 GiB in calls of 8), a
+    #: reindex actor whose model trains the backbone's last blocks at up to 1.4 GiB.
     backbone_actor_memory_mb: int = Field(1536, ge=0)
     batch_size: int = Field(64, ge=1)
     #: Largest decoded image accepted, in pixels (decompression-bomb guard).
