@@ -86,7 +86,8 @@ class OnnxBackbone:
     #: Images per onnxruntime call on CPU. One at a time is the fastest here: the activations
     #: of one image stay in the CPU's caches (Xception at 224 px, one thread: 17-18 images/s
     #: at 1, 15-16 at 8, 12-13 at 32; two processes side by side 36 against 27-29 at 8), and
-    #: the memory arena stays small (it grows with the batch: about 2 GiB at 32, 1.2 GiB at 8).
+    #: the memory arena stays small (it grows with the batch: a process peaks at about 0.6 GiB
+    #: at 1, 0.9 GiB at 8).
     max_batch = 1
     #: On a GPU (CUDA provider) a call is worth batching.
     max_batch_gpu = 32
