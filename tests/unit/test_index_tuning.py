@@ -8,8 +8,9 @@ import pyarrow as pa
 import pytest
 
 from vsearch.config import IndexConfig
-from vsearch.index import ShardIndex, build_shards, l2_normalise
+from vsearch.index import ShardIndex, build_shards, l2_normalise, tuning
 from vsearch.index.tuning import (
+    NPROBES,
     TuningSpec,
     exact_rows,
     probe_queries,
@@ -162,6 +163,42 @@ def test_large_shards_get_an_inverted_file_tuned_with_its_shortlist(
     )
     # A search with an explicit nprobe leaves the tuned one in place.
     assert shard.nprobe == tuned.nprobe
+
+
+def test_close_settings_are_timed_again_before_one_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fake clock: a search probing p lists takes p seconds, except the first search of a
+    # setting whose p is in `spell` (a slow spell of a shared machine during its first timing).
+    x = _clustered(6000, seed=4)
+    spec = TuningSpec(target=0.9, probes=150)
+    clock = [0.0]
+    spell: dict[int, float] = {}
+    monkeypatch.setattr(tuning, "_clock", lambda: clock[0])
+
+    def timed_shard() -> ShardIndex:
+        shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000, large_engine="pq")
+        search, seen = shard.search, set()
+
+        def timed(q: np.ndarray, k: int, shortlist: int, nprobe: int) -> tuple:
+            clock[0] += nprobe if (nprobe, shortlist) in seen else spell.get(nprobe, nprobe)
+            seen.add((nprobe, shortlist))
+            return search(q, k, shortlist, nprobe)
+
+        shard.search = timed  # type: ignore[method-assign]
+        return shard
+
+    # Without a spell the fewest lists that reach the target win; p1: the next setting that does.
+    p0 = tune_search(timed_shard(), spec, exhaustive=False).nprobe
+    others = tuple(p for p in NPROBES if p != p0)
+    p1 = tune_search(timed_shard(), spec, nprobes=others, exhaustive=False).nprobe
+    assert p0 is not None and p1 is not None and p0 < p1
+    # One slow first timing of p0 (slower than p1's) does not hand the shard to p1.
+    spell[p0] = 1.1 * p1
+    assert tune_search(timed_shard(), spec, exhaustive=False).nprobe == p0
+    # A setting far slower than the fastest is not timed again.
+    spell[p0] = 10.0 * p1
+    assert tune_search(timed_shard(), spec, exhaustive=False).nprobe != p0
 
 
 @pytest.mark.parametrize(("engine", "prefix"), [("bivf", "BIVF"), ("rabitq", "IVF"), ("pq", "IVF")])
