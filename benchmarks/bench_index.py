@@ -243,7 +243,7 @@ def bench(dist: str, db: np.ndarray, queries: np.ndarray, args: argparse.Namespa
         rows.append(row(dist, "vsearch", setting, r_v, q_v, resident, disk, build_v))
         print(
             f"[{dist}] vsearch {setting}: recall {r_v:.3f} (tuning probes "
-            f"{tuning.recall:.3f}), {q_v[0]:.0f} q/s",
+            f"{tuning.recall:.3f}), {q_v[0]:.0f} q/s; hnsw32 in the same rounds {q_h[0]:.0f} q/s",
             flush=True,
         )
     return rows
