@@ -175,10 +175,12 @@ def test_close_settings_are_timed_again_before_one_is_kept(
     clock = [0.0]
     spell: dict[int, float] = {}
     monkeypatch.setattr(tuning, "_clock", lambda: clock[0])
+    shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000, large_engine="pq")
+    search = shard.search
 
     def timed_shard() -> ShardIndex:
-        shard = ShardIndex.build("s", x, _meta(6000), ivf_above=5000, large_engine="pq")
-        search, seen = shard.search, set()
+        """The shard, its settings' first timings not taken yet."""
+        seen: set[tuple[int, int]] = set()
 
         def timed(q: np.ndarray, k: int, shortlist: int, nprobe: int) -> tuple:
             clock[0] += nprobe if (nprobe, shortlist) in seen else spell.get(nprobe, nprobe)

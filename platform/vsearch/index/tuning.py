@@ -159,10 +159,17 @@ def _held_out_recall(
     shortlist: int, nprobe: int | None,
 ) -> tuple[float, float]:  # fmt: skip
     """(recall, seconds) of the probes at these settings, each probe's own row left out."""
+    found, seconds = _timed_search(shard, probes, k, shortlist, nprobe)
+    return _recall(_drop(found, rows, k), truth), seconds
+
+
+def _timed_search(
+    shard: ShardIndex, probes: np.ndarray, k: int, shortlist: int, nprobe: int | None
+) -> tuple[np.ndarray, float]:
+    """(rows found, seconds) of the probes searched one place deeper (for their own row)."""
     started = _clock()
     _, found = shard.search(probes, k + 1, shortlist + 1, nprobe)
-    seconds = _clock() - started
-    return _recall(_drop(found, rows, k), truth), seconds
+    return found, _clock() - started
 
 
 def _smallest_shortlist(
@@ -192,7 +199,7 @@ def tune_search(
     held-out probe queries (exact search as truth), applied to the shard.
 
     A "BFlat" shard gets the smallest shortlist of ``shortlists`` that reaches the target. An
-    inverted-file shard ("BIVF" or RaBitQ) gets, over ``nprobes``, the smallest such shortlist
+    inverted-file shard ("BIVF", PQ or RaBitQ) gets, over ``nprobes``, the smallest such shortlist
     for each number of lists probed and keeps the pair whose probes ran fastest (the close ones
     timed again in alternating rounds: :func:`_fastest`). Either way a
     shortlist of the whole shard (``len(shard)``: the search is then one exact scan of its
@@ -221,7 +228,7 @@ def tune_search(
         ]
         reached = [t for t in found if t.reached]
         best = (
-            _fastest(shard, rows, probes, truth, spec, reached)
+            _fastest(shard, probes, spec.k, reached)
             if reached
             else max(found, key=lambda t: t.recall)
         )
@@ -232,10 +239,7 @@ def tune_search(
     return best
 
 
-def _fastest(
-    shard: ShardIndex, rows: np.ndarray, probes: np.ndarray, truth: np.ndarray,
-    spec: TuningSpec, reached: list[Tuning],
-) -> Tuning:  # fmt: skip
+def _fastest(shard: ShardIndex, probes: np.ndarray, k: int, reached: list[Tuning]) -> Tuning:
     """The setting of ``reached`` whose probes run fastest. Those whose first timing is within
     :data:`_CONTENDER_FACTOR` of the fastest are timed again in :data:`_RETIME_ROUNDS`
     alternating rounds (so that a slow spell hits them alike), each keeping its fastest time."""
@@ -244,9 +248,7 @@ def _fastest(
     if len(contenders) > 1:
         for _ in range(_RETIME_ROUNDS):
             for i, t in enumerate(contenders):
-                _, seconds = _held_out_recall(
-                    shard, rows, probes, truth, spec.k, t.shortlist, t.nprobe
-                )
+                _, seconds = _timed_search(shard, probes, k, t.shortlist, t.nprobe)
                 contenders[i] = replace(t, probe_seconds=min(t.probe_seconds, seconds))
     return min(contenders, key=lambda t: t.probe_seconds)
 
